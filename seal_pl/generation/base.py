@@ -1,0 +1,75 @@
+"""The generator interface: how self-edits are sampled and questions answered.
+
+A backend is chosen in config by ``class_path`` (``seal_pl.generation.HFGenerator`` by default,
+``seal_pl.generation.vllm.VLLMGenerator`` on a GPU machine with vLLM) and bound at run time to the
+loaded model, its tokenizer and the adapter bank. A prompt is either a plain string (sent as is) or
+a list of chat messages (rendered with the model's own chat template). ``adapter_slots`` picks, per
+prompt, which trained adapter answers it (``None`` or ``-1`` = the base model), so the answers of K
+adapted models come out of one batched generation.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Union
+
+Prompt = Union[str, list[dict[str, str]]]
+
+
+@dataclass
+class SamplingParams:
+    """Decoding settings.
+
+    Args:
+        max_new_tokens: generation budget per prompt.
+        temperature: 0 means greedy decoding.
+        top_p: nucleus sampling threshold.
+        stop: strings that end a completion (cut from the returned text).
+        seed: seed for sampling (same seed, same samples).
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int = 0
+
+
+def render_prompt(tokenizer, prompt: Prompt) -> tuple[str, bool]:
+    """Text to feed the model, and whether it was rendered by the chat template."""
+    if isinstance(prompt, str):
+        return prompt, False
+    return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False), True
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """Text up to the earliest stop string."""
+    cut = len(text)
+    for marker in stop:
+        index = text.find(marker)
+        if 0 <= index < cut:
+            cut = index
+    return text[:cut]
+
+
+class GeneratorBackend(ABC):
+    """Generates completions with the base model or with adapters of the bound adapter bank."""
+
+    model = None
+    tokenizer = None
+    bank = None
+
+    def bind(self, model, tokenizer, bank=None) -> "GeneratorBackend":
+        self.model, self.tokenizer, self.bank = model, tokenizer, bank
+        return self
+
+    @abstractmethod
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        params: SamplingParams,
+        adapter_slots: Sequence[int] | None = None,
+    ) -> list[str]:
+        """One completion per prompt, in order."""

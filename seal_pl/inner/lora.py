@@ -1,0 +1,243 @@
+"""A bank of LoRA adapters that can train and generate several at once, row by row.
+
+The inner loop of SEAL fits one small adapter per self-edit, hundreds of times per round. Instead
+of wrapping the model with PEFT again for every self-edit (and re-creating optimizer, trainer and
+files each time), the model is wrapped once with :class:`AdapterBank`: every targeted ``nn.Linear``
+gets ``slots`` independent LoRA adapters. Each row of a batch carries the slot it belongs to, so K
+self-edits train (and answer questions) in a single forward/backward pass; with one slot this is
+plain LoRA.
+
+Every slot starts from the same initial weights: ``A`` drawn once from a seeded generator (the same
+Kaiming-uniform init as PEFT) and ``B`` zero, so the adapter's output is exactly zero before
+training. :meth:`AdapterBank.reset` restores those tensors exactly, which makes every adaptation
+start from the same point and makes slot choice irrelevant to the result. The base weights are
+frozen and never written, except by the explicit :meth:`AdapterBank.merge_into_base`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LoRASpec:
+    """Shape of the LoRA adapters.
+
+    Args:
+        r: rank of each adapter.
+        alpha: scaling numerator; the update is scaled by ``alpha / r``.
+        dropout: dropout on the adapter's input (0 keeps batched and one-by-one training identical).
+        target_modules: names of the ``nn.Linear`` modules to adapt (matched on the last name part).
+            Llama-style names: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj.
+        init_seed: seed of the shared initial ``A`` matrices.
+    """
+
+    r: int = 32
+    alpha: float = 64.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    init_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {self.r}")
+        if not self.target_modules:
+            raise ValueError("LoRA target_modules must name at least one module")
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r
+
+
+class _Routing:
+    """Shared state telling every adapted layer which slot each batch row uses.
+
+    ``row_slots`` is a LongTensor of shape [batch] (``-1`` = no adapter for that row), or ``None``
+    with ``single_slot`` set (every row uses that slot), or both ``None`` (adapters off).
+    """
+
+    def __init__(self) -> None:
+        self.row_slots: torch.Tensor | None = None
+        self.single_slot: int | None = None
+
+
+class LoRALinear(nn.Module):
+    """``base(x) + scaling * B_s (A_s dropout(x))`` with the slot ``s`` chosen per batch row."""
+
+    def __init__(self, base: nn.Linear, slots: int, spec: LoRASpec, routing: _Routing, init_a: torch.Tensor):
+        super().__init__()
+        self.base = base
+        self.routing = routing
+        self.scaling = spec.scaling
+        self.dropout = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
+        self.lora_A = nn.ParameterList(
+            [nn.Parameter(init_a.clone().to(torch.float32)) for _ in range(slots)]
+        )  # each [r, in_features]
+        self.lora_B = nn.ParameterList(
+            [nn.Parameter(torch.zeros(base.out_features, spec.r, dtype=torch.float32)) for _ in range(slots)]
+        )  # each [out_features, r]
+        self.register_buffer("initial_A", init_a.clone().to(torch.float32), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base(x)
+        routing = self.routing
+        if routing.single_slot is not None:
+            a, b = self.lora_A[routing.single_slot], self.lora_B[routing.single_slot]
+            update = (self.dropout(x) @ a.t().to(x.dtype)) @ b.t().to(x.dtype)
+            return result + update * self.scaling
+        if routing.row_slots is None:
+            return result
+        row_slots = routing.row_slots
+        active = row_slots >= 0
+        safe_slots = row_slots.clamp(min=0)
+        a_rows = torch.stack(list(self.lora_A))[safe_slots].to(x.dtype)  # [batch, r, in]
+        b_rows = torch.stack(list(self.lora_B))[safe_slots].to(x.dtype)  # [batch, out, r]
+        hidden = torch.bmm(self.dropout(x), a_rows.transpose(1, 2))  # [batch, seq, r]
+        update = torch.bmm(hidden, b_rows.transpose(1, 2))  # [batch, seq, out]
+        update = update * active.to(update.dtype).view(-1, 1, 1)
+        return result + update * self.scaling
+
+
+class AdapterBank:
+    """Attach ``slots`` LoRA adapters to a model once and manage them.
+
+    Args:
+        model: a causal LM (its parameters are frozen here).
+        spec: adapter shape and targets.
+        slots: how many adapters live side by side (K self-edits trained at once).
+    """
+
+    def __init__(self, model: nn.Module, spec: LoRASpec, slots: int = 1):
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        self.model = model
+        self.spec = spec
+        self.slots = slots
+        self.routing = _Routing()
+        self.layers: dict[str, LoRALinear] = {}
+        model.requires_grad_(False)
+        generator = torch.Generator().manual_seed(spec.init_seed)
+        targets = set(spec.target_modules)
+        replaced: list[tuple[nn.Module, str, str, nn.Linear]] = []
+        for name, module in model.named_modules():
+            for child_name, child in module.named_children():
+                if isinstance(child, nn.Linear) and child_name in targets:
+                    full = f"{name}.{child_name}" if name else child_name
+                    replaced.append((module, child_name, full, child))
+        found = {child_name for _, child_name, _, _ in replaced}
+        missing = targets - found
+        if missing:
+            raise ValueError(
+                f"LoRA target modules {sorted(missing)} not found in the model; linear layers present: "
+                f"{sorted({n.rsplit('.', 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})}"
+            )
+        for parent, child_name, full, child in replaced:
+            init_a = torch.empty(spec.r, child.in_features)
+            # Same distribution as PEFT's default LoRA init (kaiming uniform, a=sqrt(5)), seeded.
+            bound = 1.0 / math.sqrt(child.in_features)
+            init_a.uniform_(-bound, bound, generator=generator)
+            layer = LoRALinear(child, slots, spec, self.routing, init_a).to(child.weight.device)
+            setattr(parent, child_name, layer)
+            self.layers[full] = layer
+
+    # ----------------------------------------------------------------------------------- state
+    def parameters(self, slot: int) -> list[nn.Parameter]:
+        """The trainable tensors of one slot (A then B for every adapted layer)."""
+        self._check_slot(slot)
+        params: list[nn.Parameter] = []
+        for layer in self.layers.values():
+            params.extend([layer.lora_A[slot], layer.lora_B[slot]])
+        return params
+
+    @torch.no_grad()
+    def reset(self, slots: Sequence[int] | None = None) -> None:
+        """Restore the exact initial tensors (A = shared init, B = 0) of the given slots (default all)."""
+        for slot in range(self.slots) if slots is None else slots:
+            self._check_slot(slot)
+            for layer in self.layers.values():
+                layer.lora_A[slot].copy_(layer.initial_A)
+                layer.lora_B[slot].zero_()
+                layer.lora_A[slot].grad = None
+                layer.lora_B[slot].grad = None
+
+    def train_mode(self, enabled: bool) -> None:
+        """Turn gradients for every slot on or off (the base model stays frozen)."""
+        for layer in self.layers.values():
+            for p in list(layer.lora_A) + list(layer.lora_B):
+                p.requires_grad_(enabled)
+
+    def state_dict(self, slot: int) -> dict[str, torch.Tensor]:
+        """One slot's weights with PEFT-compatible key names (``...q_proj.lora_A.weight``)."""
+        self._check_slot(slot)
+        out: dict[str, torch.Tensor] = {}
+        for name, layer in self.layers.items():
+            out[f"base_model.model.{name}.lora_A.weight"] = layer.lora_A[slot].detach().clone()
+            out[f"base_model.model.{name}.lora_B.weight"] = layer.lora_B[slot].detach().clone()
+        return out
+
+    @torch.no_grad()
+    def load_state_dict(self, slot: int, state: dict[str, torch.Tensor]) -> None:
+        for name, layer in self.layers.items():
+            layer.lora_A[slot].copy_(state[f"base_model.model.{name}.lora_A.weight"])
+            layer.lora_B[slot].copy_(state[f"base_model.model.{name}.lora_B.weight"])
+
+    @torch.no_grad()
+    def merge_into_base(self, slot: int) -> None:
+        """Add one slot's update into the base weights (W += scaling * B A), then reset that slot."""
+        for layer in self.layers.values():
+            delta = (layer.lora_B[slot] @ layer.lora_A[slot]) * layer.scaling
+            layer.base.weight.add_(delta.to(layer.base.weight.dtype))
+        self.reset([slot])
+
+    # --------------------------------------------------------------------------------- routing
+    def route(self, row_slots: torch.Tensor | Sequence[int] | int | None) -> "_RouteContext":
+        """Context manager selecting adapters: an int (all rows), one slot per row, or None (base model)."""
+        return _RouteContext(self, row_slots)
+
+    def _check_slot(self, slot: int) -> None:
+        if not 0 <= slot < self.slots:
+            raise IndexError(f"adapter slot {slot} out of range 0..{self.slots - 1}")
+
+    def remove(self) -> nn.Module:
+        """Put the original linear layers back and return the model (adapters are discarded)."""
+        for full in list(self.layers):
+            parent_name, _, child_name = full.rpartition(".")
+            parent = self.model.get_submodule(parent_name) if parent_name else self.model
+            setattr(parent, child_name, self.layers.pop(full).base)
+        return self.model
+
+    def iter_layers(self) -> Iterator[tuple[str, LoRALinear]]:
+        return iter(self.layers.items())
+
+
+class _RouteContext:
+    def __init__(self, bank: AdapterBank, row_slots) -> None:
+        self.bank = bank
+        self.row_slots = row_slots
+        self.saved: tuple[torch.Tensor | None, int | None] | None = None
+
+    def __enter__(self) -> AdapterBank:
+        routing = self.bank.routing
+        self.saved = (routing.row_slots, routing.single_slot)
+        routing.row_slots, routing.single_slot = None, None
+        slots = self.row_slots
+        if isinstance(slots, int):
+            self.bank._check_slot(slots)
+            routing.single_slot = slots
+        elif slots is not None:
+            tensor = torch.as_tensor(slots, dtype=torch.long)
+            distinct = torch.unique(tensor).tolist()
+            if len(distinct) == 1 and distinct[0] >= 0:
+                routing.single_slot = int(distinct[0])
+            elif any(s >= 0 for s in distinct):
+                device = next(iter(self.bank.layers.values())).base.weight.device
+                routing.row_slots = tensor.to(device)
+        return self.bank
+
+    def __exit__(self, *exc) -> None:
+        self.bank.routing.row_slots, self.bank.routing.single_slot = self.saved
