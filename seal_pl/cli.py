@@ -1,0 +1,104 @@
+"""The ``seal`` command: LightningCLI with run directories, TensorBoard by default, YAML configs.
+
+``seal {fit,validate,test,predict} --config a.yaml [--config b.yaml] [--run_dir DIR] [--key value]``
+
+* Configs compose left to right; ``--print_config`` shows the resolved config.
+* ``--run_dir`` is where a run writes everything: ``config.yaml`` (the resolved config), TensorBoard
+  events under ``tensorboard/``, JSONL records, and ``results.json``. Without it, a new directory
+  ``runs/<subcommand>-<timestamp>`` is made.
+* Re-running a command with the same ``--run_dir`` resumes it (finished items are skipped). A run
+  directory made with a different model/data configuration is refused rather than overwritten.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from jsonargparse import Namespace
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+import seal_pl.lightning  # noqa: F401  (makes the short class names resolvable in configs)
+
+RESULT_SECTIONS = ("model", "data", "seed_everything")
+
+
+class RunDirConflictError(RuntimeError):
+    """The run directory holds a run made with a different configuration."""
+
+
+def _semantic(config: dict) -> dict:
+    """The parts of a config that determine results (devices, loggers and paths may change)."""
+    return {key: config.get(key) for key in RESULT_SECTIONS}
+
+
+class RunDirConfig(SaveConfigCallback):
+    """Writes the resolved config to ``<run_dir>/config.yaml`` (rank 0), refusing a conflicting one."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        run_dir = Path(trainer.default_root_dir)
+        if trainer.is_global_zero:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            text = self.parser.dump(self.config, skip_none=False)
+            (run_dir / "config.yaml").write_text(text, encoding="utf-8")
+        self.already_saved = True
+        trainer.strategy.barrier()
+
+
+class SealCLI(LightningCLI):
+    """LightningCLI with a ``--run_dir`` and TensorBoard logging into it."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--run_dir",
+            type=str | None,
+            default=None,
+            help="Run directory (config, TensorBoard events, JSONL records, results.json). Re-using it "
+            "resumes that run. Default: runs/<subcommand>-<timestamp>.",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        run_dir = config.get("run_dir") or f"runs/{self.subcommand or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+        config.run_dir = run_dir
+        config.trainer.default_root_dir = run_dir
+        if config.trainer.get("logger") in (None, True):
+            config.trainer.logger = Namespace(
+                class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                init_args=Namespace(save_dir=run_dir, name="tensorboard", version="", default_hp_metric=False),
+            )
+        saved = Path(run_dir) / "config.yaml"
+        if saved.is_file():
+            previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+            current = yaml.safe_load(self.parser.dump(self.config, skip_none=False, skip_check=True))
+            if self.subcommand:
+                current = current.get(self.subcommand, current)
+            if _semantic(previous) != _semantic(current):
+                raise RunDirConflictError(
+                    f"{run_dir} holds a run made with a different model/data configuration "
+                    f"(see {saved}). Choose a new --run_dir, or delete that directory to start over."
+                )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``seal`` console script."""
+    SealCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=RunDirConfig,
+        save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,
+        args=args,
+        auto_configure_optimizers=False,
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

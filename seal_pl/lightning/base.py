@@ -1,0 +1,91 @@
+"""Shared Lightning plumbing: the run directory, per-rank record shards, model/bank set-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+from seal_pl.generation.base import GeneratorBackend
+from seal_pl.generation.hf import HFGenerator
+from seal_pl.inner.lora import AdapterBank, LoRASpec
+from seal_pl.inner.trainer import InnerLoopConfig, InnerLoopTrainer
+from seal_pl.models.loading import load_model_and_tokenizer
+
+
+def identity_collate(batch: list) -> list:
+    """Keep items as they are: steps receive a list of domain objects, not tensors."""
+    return batch
+
+
+class InnerLoopModule(pl.LightningModule):
+    """Base for modules whose steps run the shared inner loop (test/predict with grad enabled).
+
+    Loads the model once per process, attaches one adapter bank with ``adapters`` slots, and binds
+    the generator backend. Requires ``Trainer(inference_mode=False)``.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        dtype: str,
+        lora: LoRASpec,
+        inner: InnerLoopConfig,
+        adapters: int,
+        generator: GeneratorBackend | None,
+    ):
+        super().__init__()
+        self.model_name = model
+        self.dtype_name = dtype
+        self.lora_spec = lora
+        self.inner_config = inner
+        self.adapters = adapters
+        self.generator = generator if generator is not None else HFGenerator(precision=inner.precision)
+        self.lm = None
+        self.tokenizer = None
+        self.bank: AdapterBank | None = None
+        self.inner_trainer: InnerLoopTrainer | None = None
+
+    def setup(self, stage: str) -> None:
+        if self.lm is not None:
+            return
+        if self.trainer is not None and self.trainer.test_loop.inference_mode and stage in ("test", "predict", "validate"):
+            raise RuntimeError(
+                "This module trains adapters inside its evaluation steps: set trainer.inference_mode: false"
+            )
+        lm, tokenizer = load_model_and_tokenizer(self.model_name, self.dtype_name)
+        self.lm = lm.to(self.device)
+        self.tokenizer = tokenizer
+        self.bank = AdapterBank(self.lm, self.lora_spec, slots=self.adapters)
+        self.inner_trainer = InnerLoopTrainer(self.lm, tokenizer, self.bank, self.inner_config)
+        self.generator.bind(self.lm, tokenizer, self.bank)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.trainer.default_root_dir)
+
+    def shard(self, name: str) -> Path:
+        """This rank's file for a stage's records (``name.rank<r>.jsonl``)."""
+        return self.run_dir / f"{name}.rank{self.global_rank}.jsonl"
+
+    def tb(self):
+        """The TensorBoard writer, or None when another logger is used."""
+        logger = self.logger
+        experiment = getattr(logger, "experiment", None) if logger is not None else None
+        return experiment if hasattr(experiment, "add_scalar") else None
+
+    def configure_optimizers(self):
+        return None
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        # Batches are domain objects (passages, tasks); the inner loop moves its own tensors.
+        return batch
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {}
+
+    @staticmethod
+    def barrier(trainer: pl.Trainer) -> None:
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            trainer.strategy.barrier()

@@ -1,0 +1,258 @@
+"""Knowledge incorporation under Lightning: the passage data module and the evaluation module.
+
+``seal test --config configs/knowledge/demo.yaml`` runs :class:`KnowledgeIncorporationModule` over
+the passages of :class:`KnowledgeDataModule`. Each ``test_step`` takes one passage: it samples the
+model's self-edits, trains adapters for every condition in one batched inner loop, answers the
+questions closed-book and grades them. Records go to per-rank JSONL shards in the run directory as
+each passage finishes; re-running the same command skips finished passages. At the end rank 0
+merges the shards, prints the table and writes ``results.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+
+from seal_pl.generation.base import GeneratorBackend
+from seal_pl.inner.lora import LoRASpec
+from seal_pl.inner.trainer import InnerLoopConfig
+from seal_pl.knowledge.data import Passage, load_passages, load_self_edits, select_passages
+from seal_pl.knowledge.grading import ContainsGrader, Grader
+from seal_pl.lightning.base import InnerLoopModule, identity_collate
+from seal_pl.pipelines.knowledge import CONDITIONS, KnowledgeIncorporation, KnowledgeSettings, format_table, summarize
+from seal_pl.records import append_record, read_all, rewrite_records, write_json
+
+
+class KnowledgeDataModule(pl.LightningDataModule):
+    """Passages (with their questions) and, optionally, self-edits written elsewhere.
+
+    Args:
+        path: SQuAD-format file: official SQuAD v1.1 JSON, the flat per-passage list, or JSONL.
+        seed: seed of the subset shuffle (reference: 42); null keeps file order.
+        start: first passage of the shuffled list.
+        limit: how many passages (null = all).
+        self_edits_path: optional file of self-edits by another model (the ``external`` condition):
+            the flat passage list with a ``completions`` list per record, or JSONL lines
+            ``{"passage_id": ..., "completion": ...}``.
+    """
+
+    def __init__(
+        self,
+        path: str = "data/knowledge/val.json",
+        seed: int | None = 42,
+        start: int = 0,
+        limit: int | None = None,
+        self_edits_path: str | None = None,
+    ):
+        super().__init__()
+        self.path = path
+        self.seed = seed
+        self.start = start
+        self.limit = limit
+        self.self_edits_path = self_edits_path
+        self.passages: list[Passage] = []
+        self.external: dict[str, list[str]] = {}
+
+    def setup(self, stage: str) -> None:
+        self.passages = select_passages(load_passages(self.path), seed=self.seed, start=self.start, limit=self.limit)
+        if self.self_edits_path:
+            self.external = load_self_edits(self.self_edits_path)
+            missing = [p.id for p in self.passages if p.id not in self.external]
+            if missing:
+                raise ValueError(
+                    f"{self.self_edits_path}: no self-edits for passage ids {missing[:5]}"
+                    f"{' ...' if len(missing) > 5 else ''}"
+                )
+
+    def items(self) -> list[dict[str, Any]]:
+        return [{"passage": p, "external": self.external.get(p.id, [])} for p in self.passages]
+
+    def _loader(self) -> DataLoader:
+        return DataLoader(self.items(), batch_size=1, shuffle=False, collate_fn=identity_collate)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader()
+
+
+class KnowledgeIncorporationModule(InnerLoopModule):
+    """The single-passage knowledge-incorporation table as a LightningModule (``test``/``predict``).
+
+    Args:
+        model: model name or path (``smollm2-135m-instruct``, a HF folder, a .gguf file, a hub name).
+        dtype: weights dtype of the frozen base model (float32 or bfloat16).
+        lora: adapter shape (reference: r=32, alpha=64 on q_proj and v_proj).
+        inner: inner-loop hyper-parameters (reference: lr 1e-3, 10 epochs, batch 1, padded to 2048
+            with loss on pads).
+        conditions: which table rows to run: no_adaptation, passage_only, self_edit, external.
+        n_self_edits: self-edits sampled per passage for the ``self_edit`` condition.
+        settings: prompt style, chat template, sampling and answering settings.
+        generator: generation backend (default: Hugging Face generate).
+        grader: answer grader (default: gold answer contained in the prediction).
+        seed: base seed; passage ``i`` samples its self-edits with ``seed + i``.
+    """
+
+    def __init__(
+        self,
+        model: str = "smollm2-135m-instruct",
+        dtype: str = "float32",
+        lora: LoRASpec | None = None,
+        inner: InnerLoopConfig | None = None,
+        conditions: list[str] | None = None,
+        n_self_edits: int = 1,
+        settings: KnowledgeSettings | None = None,
+        generator: GeneratorBackend | None = None,
+        grader: Grader | None = None,
+        seed: int = 0,
+    ):
+        conditions = list(conditions or ["no_adaptation", "passage_only", "self_edit"])
+        unknown = set(conditions) - set(CONDITIONS)
+        if unknown:
+            raise ValueError(f"unknown conditions {sorted(unknown)}; valid: {list(CONDITIONS)}")
+        if n_self_edits < 1 and "self_edit" in conditions:
+            raise ValueError("n_self_edits must be >= 1 when the self_edit condition is on")
+        adapters = ("passage_only" in conditions) + ("self_edit" in conditions) * n_self_edits
+        super().__init__(model, dtype, lora or LoRASpec(), inner or InnerLoopConfig(), max(1, adapters), generator)
+        self.conditions = conditions
+        self.n_self_edits = n_self_edits
+        self.settings = settings or KnowledgeSettings()
+        self.grader = grader if grader is not None else ContainsGrader()
+        self.seed = seed
+        self.pipeline: KnowledgeIncorporation | None = None
+        self._done: set[str] = set()
+        self._started = 0.0
+        self._loss_step: dict[str, int] = {}
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        self.pipeline = KnowledgeIncorporation(self.inner_trainer, self.generator, self.grader, self.settings)
+
+    # ---------------------------------------------------------------------------------- stages
+    def on_test_epoch_start(self) -> None:
+        self._begin()
+
+    def on_predict_epoch_start(self) -> None:
+        self._begin()
+
+    def _begin(self) -> None:
+        self._started = time.perf_counter()
+        self._done = {r["passage_id"] for r in read_all(self.run_dir / "passages.rank*.jsonl")}
+        if self._done:
+            rank_zero_info(f"Resuming: {len(self._done)} passages already done in {self.run_dir}")
+
+    def test_step(self, batch: list[dict], batch_idx: int) -> None:
+        for item in batch:
+            self._evaluate(item, batch_idx)
+
+    def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict]:
+        return [self._evaluate(item, batch_idx) for item in batch]
+
+    def _evaluate(self, item: dict, index: int) -> dict | None:
+        passage: Passage = item["passage"]
+        if passage.id in self._done:
+            return None
+        seed = self.seed + index
+        self_edits: list[str] = []
+        if "self_edit" in self.conditions:
+            self_edits = self.pipeline.sample_self_edits([passage], self.n_self_edits, seed=seed)[0]
+            prompt = self.pipeline.self_edit_prompt(passage)
+            for k, completion in enumerate(self_edits):
+                append_record(
+                    self.shard("self_edits"),
+                    {"id": f"{passage.id}/{k}", "passage_id": passage.id, "edit_index": k, "seed": seed,
+                     "prompt": prompt, "completion": completion},
+                )
+        with torch.inference_mode(False):
+            record = self.pipeline.evaluate_passage(
+                passage,
+                conditions=self.conditions,
+                self_edits=self_edits,
+                external_edits=item.get("external", []),
+                seed=seed,
+            )
+        for condition, runs in record["conditions"].items():
+            for run in runs:
+                for q in run["questions"]:
+                    append_record(
+                        self.shard("predictions"),
+                        {"passage_id": passage.id, "condition": condition, "edit_index": run["edit_index"], **q},
+                    )
+        append_record(self.shard("passages"), record)
+        self._done.add(passage.id)
+        self._log_passage(record)
+        return record
+
+    def _log_passage(self, record: dict) -> None:
+        writer = self.tb()
+        for condition, runs in record["conditions"].items():
+            accuracy = sum(r["accuracy"] for r in runs) / len(runs)
+            self.log(f"accuracy/{condition}", accuracy, on_step=False, on_epoch=True, batch_size=1)
+            if writer is None:
+                continue
+            for run in runs:
+                adaptation = run["adaptation"]
+                if not adaptation:
+                    continue
+                step = self._loss_step.get(condition, 0)
+                for offset, loss in enumerate(adaptation["losses"]):
+                    writer.add_scalar(f"inner_loss/{condition}", loss, step + offset)
+                self._loss_step[condition] = step + len(adaptation["losses"])
+                if adaptation["losses"]:
+                    writer.add_scalar(f"final_inner_loss/{condition}", adaptation["losses"][-1], len(self._done))
+        if writer is not None and "self_edit" in record["conditions"]:
+            completion = record["conditions"]["self_edit"][0]["adaptation"]["completion"]
+            writer.add_text("self_edit_sample", f"**{record['title']}**\n\n{completion}", len(self._done))
+
+    def on_test_epoch_end(self) -> None:
+        self._finish()
+
+    def on_predict_epoch_end(self) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        self.barrier(self.trainer)
+        if self.global_rank != 0:
+            return
+        records = {r["passage_id"]: r for r in read_all(self.run_dir / "passages.rank*.jsonl")}
+        ordered = [records[k] for k in sorted(records)]
+        table = summarize(ordered)
+        predictions = read_all(self.run_dir / "predictions.rank*.jsonl")
+        seen: set[tuple] = set()
+        unique = []
+        for p in predictions:
+            key = (p["passage_id"], p["condition"], p["edit_index"], p["question_id"])
+            if key not in seen:
+                seen.add(key)
+                unique.append(p)
+        rewrite_records(self.run_dir / "predictions.jsonl", unique)
+        results = {
+            "experiment": "knowledge_single_passage",
+            "model": self.model_name,
+            "n_passages": len(ordered),
+            "conditions": table,
+            "wall_seconds_this_invocation": round(time.perf_counter() - self._started, 1),
+            "adapt_seconds": round(
+                sum(
+                    run["adaptation"]["seconds"]
+                    for r in ordered
+                    for runs in r["conditions"].values()
+                    for run in runs
+                    if run["adaptation"]
+                ),
+                1,
+            ),
+        }
+        write_json(self.run_dir / "results.json", results)
+        writer = self.tb()
+        if writer is not None:
+            for condition, row in table.items():
+                writer.add_scalar(f"results/accuracy_{condition}", row["accuracy"], 0)
+            writer.add_text("results", "```\n" + format_table(table) + "\n```", 0)
+        print("\n" + format_table(table) + f"\n\nresults: {self.run_dir / 'results.json'}")

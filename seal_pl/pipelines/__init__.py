@@ -1,0 +1,1 @@
+"""Domain pipelines built on the shared inner loop (plain Python, no Lightning)."""

@@ -1,0 +1,274 @@
+"""Single-passage knowledge incorporation: adapt on a passage (and self-edits), answer closed-book.
+
+For one passage this module produces the rows of the paper's single-passage table:
+
+* ``no_adaptation``: the base model answers the passage's questions with no passage in context;
+* ``passage_only``: an adapter trained on the passage alone answers them;
+* ``self_edit``: an adapter trained on the model's own self-edit (plus the passage) answers them,
+  once per sampled self-edit;
+* ``external``: the same with self-edits read from a file (for example written by a stronger model).
+
+All adaptations of a passage go to adapter slots of one :class:`AdapterBank` and train together in
+one batched inner loop; their answers come out of one batched generation. Plain Python over the
+shared inner loop, the generator backend and a grader; the Lightning module only drives it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from seal_pl.generation.base import GeneratorBackend, SamplingParams
+from seal_pl.inner.sequences import TrainSequence
+from seal_pl.inner.trainer import AdaptJob, InnerLoopTrainer
+from seal_pl.knowledge.data import Passage
+from seal_pl.knowledge.grading import GradeItem, Grader
+from seal_pl.knowledge.prompts import (
+    ANSWER_STOP_STRINGS,
+    answer_messages,
+    answer_prompt,
+    clean_answer,
+    self_edit_messages,
+    self_edit_prompt,
+)
+from seal_pl.knowledge.sequences import build_train_sequences
+
+CONDITIONS = ("no_adaptation", "passage_only", "self_edit", "external")
+
+
+@dataclass
+class KnowledgeSettings:
+    """How self-edits are written, turned into sequences, and how questions are answered.
+
+    Args:
+        prompt_style: self-edit prompt style (implications, implications-long, implications-very-long,
+            rewrite, self-qa).
+        chat_template: use chat-formatted prompts (instruct models); False uses the plain-text prompts
+            that base models continue.
+        self_edit_sampling: decoding for self-edits (reference: temperature 1.0, top-p 0.95).
+        answer_max_new_tokens: answer budget (reference: 64, greedy).
+        split_newlines: one training sequence per line / per question-answer block (reference: True).
+        drop_preamble: drop a first line that introduces a numbered list.
+    """
+
+    prompt_style: str = "implications"
+    chat_template: bool = True
+    self_edit_sampling: SamplingParams = field(
+        default_factory=lambda: SamplingParams(max_new_tokens=256, temperature=1.0, top_p=0.95)
+    )
+    answer_max_new_tokens: int = 64
+    split_newlines: bool = True
+    drop_preamble: bool = True
+
+
+@dataclass
+class Adaptation:
+    """One adapter trained for a passage: its condition, training data and training trace."""
+
+    condition: str
+    edit_index: int
+    completion: str
+    sequences: list[str]
+    completion_was_empty: bool
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    train_tokens: int = 0
+    seconds: float = 0.0
+
+
+class KnowledgeIncorporation:
+    """Evaluate passages under the table's conditions.
+
+    Args:
+        trainer: the shared inner loop (its bank decides how many adapters train at once).
+        generator: backend bound to the same model, tokenizer and bank.
+        grader: turns (question, gold answers, prediction) into verdicts.
+        settings: prompt and decoding settings.
+    """
+
+    def __init__(
+        self,
+        trainer: InnerLoopTrainer,
+        generator: GeneratorBackend,
+        grader: Grader,
+        settings: KnowledgeSettings | None = None,
+    ):
+        self.trainer = trainer
+        self.generator = generator
+        self.grader = grader
+        self.settings = settings or KnowledgeSettings()
+
+    # ----------------------------------------------------------------------------------- prompts
+    def self_edit_prompt(self, passage: Passage):
+        s = self.settings
+        if s.chat_template:
+            return self_edit_messages(passage.title, passage.context, s.prompt_style)
+        return self_edit_prompt(passage.title, passage.context, s.prompt_style)
+
+    def answer_prompt(self, passage: Passage, question: str):
+        if self.settings.chat_template:
+            return answer_messages(passage.title, question)
+        return answer_prompt(passage.title, question)
+
+    # ------------------------------------------------------------------------------------ stages
+    def sample_self_edits(self, passages: Sequence[Passage], n: int, seed: int) -> list[list[str]]:
+        """``n`` self-edits per passage from the current model (adapters off)."""
+        prompts = [self.self_edit_prompt(p) for p in passages for _ in range(n)]
+        params = SamplingParams(**{**asdict(self.settings.self_edit_sampling), "seed": seed})
+        flat = self.generator.generate(prompts, params)
+        return [flat[i * n : (i + 1) * n] for i in range(len(passages))]
+
+    def training_sequences(self, passage: Passage, completion: str | None) -> tuple[list[str], bool]:
+        """Sequences for one adaptation (``None`` completion = passage only) and whether it was empty."""
+        s = self.settings
+        built = build_train_sequences(
+            passage.title,
+            passage.context,
+            completion or "",
+            split_newlines=s.split_newlines,
+            drop_preamble=s.drop_preamble,
+        )
+        return built.sequences, built.completion_was_empty
+
+    def answer(self, passage: Passage, slots: Sequence[int | None]) -> list[list[str]]:
+        """Closed-book answers to every question, once per slot (``None`` = base model)."""
+        questions = passage.questions
+        prompts = [self.answer_prompt(passage, q.question) for _ in slots for q in questions]
+        row_slots = [(-1 if slot is None else slot) for slot in slots for _ in questions]
+        params = SamplingParams(
+            max_new_tokens=self.settings.answer_max_new_tokens, temperature=0.0, stop=list(ANSWER_STOP_STRINGS)
+        )
+        use_adapters = any(slot is not None for slot in slots)
+        raw = self.generator.generate(prompts, params, adapter_slots=row_slots if use_adapters else None)
+        answers = [clean_answer(text) for text in raw]
+        n = len(questions)
+        return [answers[i * n : (i + 1) * n] for i in range(len(slots))]
+
+    def grade(self, passage: Passage, predictions: Sequence[str]) -> list[dict]:
+        items = [GradeItem(q.question, tuple(q.answers), pred) for q, pred in zip(passage.questions, predictions)]
+        verdicts = self.grader.grade(items)
+        return [
+            {
+                "question_id": q.id,
+                "question": q.question,
+                "gold": list(q.answers),
+                "prediction": pred,
+                "correct": bool(v.correct),
+                "exact": bool(v.exact),
+                "f1": float(v.f1),
+            }
+            for q, pred, v in zip(passage.questions, predictions, verdicts)
+        ]
+
+    def adapt_and_answer(self, passage: Passage, adaptations: list[Adaptation], seed: int) -> list[list[str]]:
+        """Train every adaptation (in chunks of ``bank.slots``) and return each one's answers."""
+        slots_available = self.trainer.bank.slots
+        answers: list[list[str]] = []
+        for start in range(0, len(adaptations), slots_available):
+            chunk = adaptations[start : start + slots_available]
+            jobs = [AdaptJob([TrainSequence(text) for text in a.sequences], seed=seed) for a in chunk]
+            results = self.trainer.adapt(jobs)
+            for adaptation, result in zip(chunk, results):
+                adaptation.losses = result.losses
+                adaptation.steps = result.steps
+                adaptation.train_tokens = result.train_tokens
+                adaptation.seconds = result.seconds
+            answers.extend(self.answer(passage, list(range(len(chunk)))))
+        return answers
+
+    def evaluate_passage(
+        self,
+        passage: Passage,
+        *,
+        conditions: Sequence[str],
+        self_edits: Sequence[str] = (),
+        external_edits: Sequence[str] = (),
+        baseline_predictions: Sequence[str] | None = None,
+        seed: int = 0,
+    ) -> dict:
+        """All requested conditions for one passage.
+
+        Returns ``{"passage_id", "title", "conditions": {condition: [run, ...]}}`` where each run is
+        ``{"edit_index", "accuracy", "questions": [...], "adaptation": {...}}``.
+        """
+        unknown = set(conditions) - set(CONDITIONS)
+        if unknown:
+            raise ValueError(f"unknown conditions {sorted(unknown)}; valid: {CONDITIONS}")
+        record: dict = {"passage_id": passage.id, "title": passage.title, "conditions": {}}
+        if "no_adaptation" in conditions:
+            predictions = (
+                list(baseline_predictions)
+                if baseline_predictions is not None
+                else self.answer(passage, [None])[0]
+            )
+            graded = self.grade(passage, predictions)
+            record["conditions"]["no_adaptation"] = [_run(0, graded, None)]
+        adaptations: list[Adaptation] = []
+        if "passage_only" in conditions:
+            sequences, _ = self.training_sequences(passage, None)
+            adaptations.append(Adaptation("passage_only", 0, "", sequences, True))
+        for condition, edits in (("self_edit", self_edits), ("external", external_edits)):
+            if condition in conditions:
+                for index, completion in enumerate(edits):
+                    sequences, empty = self.training_sequences(passage, completion)
+                    adaptations.append(Adaptation(condition, index, completion, sequences, empty))
+        for adaptation, predictions in zip(adaptations, self.adapt_and_answer(passage, adaptations, seed)):
+            graded = self.grade(passage, predictions)
+            record["conditions"].setdefault(adaptation.condition, []).append(
+                _run(adaptation.edit_index, graded, asdict(adaptation))
+            )
+        return record
+
+
+def _run(edit_index: int, graded: list[dict], adaptation: dict | None) -> dict:
+    correct = sum(q["correct"] for q in graded)
+    return {
+        "edit_index": edit_index,
+        "accuracy": correct / max(1, len(graded)),
+        "n_correct": correct,
+        "n_questions": len(graded),
+        "questions": graded,
+        "adaptation": adaptation,
+    }
+
+
+def summarize(records: Sequence[dict]) -> dict[str, dict]:
+    """Per condition: accuracy over all (passage, self-edit, question) triples, plus counts.
+
+    ``accuracy`` pools questions (each question of each run counts once); ``passage_mean`` averages the
+    per-passage mean accuracy (the reference's "mean over passages"); ``empty_self_edits`` counts
+    adaptations whose completion produced no training sequence of its own.
+    """
+    table: dict[str, dict] = {}
+    for condition in CONDITIONS:
+        runs = [(r, run) for r in records for run in r["conditions"].get(condition, [])]
+        if not runs:
+            continue
+        n_questions = sum(run["n_questions"] for _, run in runs)
+        n_correct = sum(run["n_correct"] for _, run in runs)
+        per_passage: dict[str, list[float]] = {}
+        for r, run in runs:
+            per_passage.setdefault(r["passage_id"], []).append(run["accuracy"])
+        passage_means = [sum(v) / len(v) for v in per_passage.values()]
+        empty = sum(1 for _, run in runs if run["adaptation"] and run["adaptation"]["completion_was_empty"])
+        table[condition] = {
+            "accuracy": n_correct / max(1, n_questions),
+            "passage_mean": sum(passage_means) / max(1, len(passage_means)),
+            "n_correct": n_correct,
+            "n_questions": n_questions,
+            "n_passages": len(per_passage),
+            "n_runs": len(runs),
+            "empty_self_edits": empty if condition in ("self_edit", "external") else None,
+        }
+    return table
+
+
+def format_table(table: dict[str, dict]) -> str:
+    """The summary as a fixed-width text table."""
+    lines = [f"{'condition':<15} {'accuracy':>9} {'correct':>8} {'questions':>10} {'passages':>9} {'runs':>5}"]
+    for condition, row in table.items():
+        lines.append(
+            f"{condition:<15} {100 * row['accuracy']:>8.1f}% {row['n_correct']:>8} {row['n_questions']:>10} "
+            f"{row['n_passages']:>9} {row['n_runs']:>5}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,178 @@
+"""The shared inner loop: adapter reset, frozen base, determinism, batched == one-by-one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seal_pl.inner import AdaptJob, AdapterBank, InnerLoopConfig, InnerLoopTrainer, LoRASpec, TrainSequence
+from seal_pl.inner.sequences import IGNORE_INDEX, collate, tokenize_sequence
+
+ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TEXTS = ["Orvel Pass\nThe pass was opened in 1903.", "Orvel Pass\nIts keeper was Ada Morrow.", "Orvel Pass"]
+
+
+def make(model_tok, slots=1, **config):
+    model, tok = model_tok
+    bank = AdapterBank(model, LoRASpec(r=4, alpha=8, target_modules=ALL_PROJ), slots=slots)
+    return model, tok, bank, InnerLoopTrainer(model, tok, bank, InnerLoopConfig(**{"lr": 1e-2, "epochs": 2, **config}))
+
+
+def job(texts=TEXTS, **kw):
+    return AdaptJob([TrainSequence(t) for t in texts], **kw)
+
+
+def adapter_state(bank, slot):
+    return {k: v.clone() for k, v in bank.state_dict(slot).items()}
+
+
+def test_base_weights_never_change(tiny_model):
+    model, tok, bank, trainer = make(tiny_model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+    results = trainer.adapt([job()])
+    assert results[0].steps == 6 and len(results[0].losses) == 6
+    after = {n: p for n, p in model.named_parameters() if "lora_" not in n}
+    assert before.keys() == after.keys()
+    for name, tensor in before.items():
+        assert torch.equal(tensor, after[name]), name
+    assert all(not p.requires_grad for n, p in model.named_parameters())
+
+
+def test_adapter_starts_as_identity_and_reset_restores_exact_tensors(tiny_model):
+    model, tok, bank, trainer = make(tiny_model)
+    ids = tok("Orvel Pass", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        base_logits = model(ids).logits
+        with bank.route(0):
+            assert torch.equal(model(ids).logits, base_logits)  # B = 0: exact identity
+    initial = adapter_state(bank, 0)
+    trainer.adapt([job()])
+    trained = adapter_state(bank, 0)
+    assert any(not torch.equal(initial[k], trained[k]) for k in initial)
+    bank.reset([0])
+    for key, tensor in adapter_state(bank, 0).items():
+        assert torch.equal(tensor, initial[key]), key
+    with torch.no_grad(), bank.route(0):
+        assert torch.equal(model(ids).logits, base_logits)
+
+
+def test_training_lowers_loss_and_changes_outputs(tiny_model):
+    model, tok, bank, trainer = make(tiny_model, epochs=8)
+    result = trainer.adapt([job()])[0]
+    assert result.losses[-1] < result.losses[0]
+    ids = tok(TEXTS[0], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        plain = model(ids).logits
+        with bank.route(0):
+            adapted = model(ids).logits
+    assert not torch.allclose(plain, adapted)
+
+
+def test_same_seed_same_result(tiny_model):
+    model, tok, bank, trainer = make(tiny_model)
+    first = trainer.adapt([job(seed=3)])[0]
+    state_first = adapter_state(bank, 0)
+    second = trainer.adapt([job(seed=3)])[0]
+    assert first.losses == second.losses
+    for key, tensor in adapter_state(bank, 0).items():
+        assert torch.equal(tensor, state_first[key])
+
+
+def test_batched_adapters_equal_one_by_one(tiny_model):
+    """K jobs with different lr/epochs trained together match each trained alone."""
+    jobs = [
+        job(TEXTS, lr=1e-2, epochs=2, seed=1),
+        job(TEXTS[:1], lr=5e-3, epochs=4, seed=2),
+        job(TEXTS[1:], lr=2e-2, epochs=1, seed=3),
+    ]
+    model, tok, bank, trainer = make(tiny_model, slots=3, batch_size=2, grad_accum=2, schedule="cosine")
+    batched = trainer.adapt(jobs)
+    batched_states = [adapter_state(bank, s) for s in range(3)]
+    for index, single_job in enumerate(jobs):
+        alone = trainer.adapt([single_job], slots=[index])[0]
+        assert alone.steps == batched[index].steps
+        torch.testing.assert_close(torch.tensor(alone.losses), torch.tensor(batched[index].losses), rtol=1e-4, atol=1e-5)
+        for key, tensor in adapter_state(bank, index).items():
+            torch.testing.assert_close(tensor, batched_states[index][key], rtol=1e-4, atol=1e-5)
+
+
+def test_mixed_rows_route_to_their_own_adapter(tiny_model):
+    model, tok, bank, trainer = make(tiny_model, slots=2, epochs=6)
+    trainer.adapt([job(TEXTS[:1]), job(TEXTS[1:2])])
+    ids = tok([TEXTS[0], TEXTS[0]], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        with bank.route(0):
+            only_0 = model(ids[:1]).logits
+        with bank.route(1):
+            only_1 = model(ids[:1]).logits
+        with bank.route([0, 1]):
+            mixed = model(ids).logits
+        with bank.route([-1, 1]):
+            base_and_1 = model(ids).logits
+        plain = model(ids[:1]).logits
+    torch.testing.assert_close(mixed[0], only_0[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mixed[1], only_1[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(base_and_1[0], plain[0], rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_trains_close_to_fp32(tiny_model):
+    model, tok, bank, trainer = make(tiny_model)
+    fp32 = trainer.adapt([job(seed=0)])[0].losses
+    trainer.config.precision = "bf16"
+    bf16 = trainer.adapt([job(seed=0)])[0].losses
+    assert len(fp32) == len(bf16)
+    torch.testing.assert_close(torch.tensor(bf16), torch.tensor(fp32), rtol=0.05, atol=0.05)
+
+
+def test_zero_epochs_trains_nothing(tiny_model):
+    model, tok, bank, trainer = make(tiny_model)
+    initial = adapter_state(bank, 0)
+    result = trainer.adapt([job(epochs=0)])[0]
+    assert result.steps == 0 and result.losses == []
+    for key, tensor in adapter_state(bank, 0).items():
+        assert torch.equal(tensor, initial[key])
+
+
+def test_merge_into_base_matches_routed_adapter(tiny_model):
+    model, tok, bank, trainer = make(tiny_model, epochs=4)
+    trainer.adapt([job()])
+    ids = tok(TEXTS[1], return_tensors="pt")["input_ids"]
+    with torch.no_grad(), bank.route(0):
+        adapted = model(ids).logits
+    bank.merge_into_base(0)
+    with torch.no_grad():
+        merged = model(ids).logits
+    torch.testing.assert_close(merged, adapted, rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_target_module_is_a_clear_error(tiny_model):
+    model, _ = tiny_model
+    with pytest.raises(ValueError, match="not found"):
+        AdapterBank(model, LoRASpec(target_modules=["c_attn"]))
+
+
+def test_completion_mask_uses_offsets_not_token_ids(tiny_model):
+    _, tok = tiny_model
+    messages = [{"role": "user", "content": "2+2?"}]
+    prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    full = tok.apply_chat_template(messages + [{"role": "assistant", "content": "4"}], tokenize=False)
+    seq = TrainSequence(full, completion_start=len(prompt), templated=True)
+    row = tokenize_sequence(tok, seq, loss_on="completion")
+    kept = [i for i, label in zip(row.input_ids, row.labels) if label != IGNORE_INDEX]
+    assert tok.decode(kept) == full[len(prompt):]
+    assert tokenize_sequence(tok, seq, loss_on="all").n_loss_tokens == len(row.input_ids)
+
+
+def test_marker_mask_and_padding_modes(tiny_model):
+    _, tok = tiny_model
+    seq = TrainSequence.after_marker("Question: where?\nAnswer: Orvel", "Answer:")
+    row = tokenize_sequence(tok, seq, loss_on="completion")
+    assert tok.decode([i for i, l in zip(row.input_ids, row.labels) if l != IGNORE_INDEX]) == " Orvel"
+    short = tokenize_sequence(tok, TrainSequence("ab"))
+    dynamic = collate([row, short], tok.pad_token_id)
+    assert dynamic["input_ids"].shape == (2, len(row.input_ids))
+    assert (dynamic["labels"][1, len(short.input_ids):] == IGNORE_INDEX).all()
+    reference = collate([row, short], tok.pad_token_id, padding="max_length", pad_to=64, loss_on_padding=True)
+    assert reference["input_ids"].shape == (2, 64)
+    assert (reference["labels"][1, len(short.input_ids):] == tok.pad_token_id).all()
+    assert reference["attention_mask"][1].sum() == len(short.input_ids)
