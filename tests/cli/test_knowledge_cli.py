@@ -1,0 +1,64 @@
+"""End-to-end CLI smoke of the knowledge table on the tiny model: results, records, resume, refusal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from seal_pl.cli import RunDirConflictError, main
+from seal_pl.records import read_all
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(run_dir: Path, *extra: str) -> None:
+    main(
+        [
+            "test",
+            "--config", str(ROOT / "configs/knowledge/demo.yaml"),
+            "--model.init_args.model", "tiny-random-llama",
+            "--model.init_args.inner.epochs", "1",
+            "--model.init_args.settings.self_edit_sampling.max_new_tokens", "12",
+            "--model.init_args.settings.answer_max_new_tokens", "6",
+            "--data.init_args.limit", "2",
+            "--trainer.enable_progress_bar", "false",
+            "--run_dir", str(run_dir),
+            *extra,
+        ]
+    )
+
+
+def test_knowledge_table_end_to_end_and_resume(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run(run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["n_passages"] == 2
+    conditions = results["conditions"]
+    assert set(conditions) >= {"no_adaptation", "passage_only", "self_edit"}
+    for row in conditions.values():
+        assert 0.0 <= row["accuracy"] <= 1.0
+        assert row["n_passages"] == 2 and row["n_questions"] > 0
+    passages = read_all(run_dir / "passages.rank*.jsonl")
+    assert len(passages) == 2
+    predictions = list(read_all(run_dir / "predictions.jsonl"))
+    assert {p["condition"] for p in predictions} == set(conditions)
+    assert all({"question", "gold", "prediction", "correct"} <= set(p) for p in predictions)
+    assert (run_dir / "config.yaml").is_file()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert "no_adaptation" in capsys.readouterr().out
+
+    # Re-running the same command resumes: nothing is evaluated twice.
+    run(run_dir)
+    assert len(read_all(run_dir / "passages.rank*.jsonl")) == 2
+    assert json.loads((run_dir / "results.json").read_text())["conditions"] == conditions
+
+    # A different data/model configuration in the same run directory is refused.
+    with pytest.raises(RunDirConflictError):
+        run(run_dir, "--data.init_args.limit", "3")
+
+
+def test_inference_mode_must_be_off(tmp_path):
+    with pytest.raises(RuntimeError, match="inference_mode"):
+        run(tmp_path / "run", "--trainer.inference_mode", "true")
