@@ -1,0 +1,227 @@
+"""Benchmark the inner loop: the reference recipe against seal-pl's one-at-a-time and batched paths.
+
+Every path trains LoRA adapters on the same self-edits (knowledge-style: implication lines plus the
+passage, from data/knowledge/train_implications.jsonl) with the same model and epochs, and reports:
+
+* adapted self-edits per hour;
+* training tokens per second (real tokens only: padding is not counted as training data);
+* achieved FLOP/s (4 x base parameters x processed tokens, padding included: frozen base, so
+  forward + input-gradient only; LoRA and attention terms ignored), as a fraction of the machine's
+  peak matrix-multiply FLOP/s measured in the same run (fp32 and bf16, 2048^3 products);
+* peak resident memory of the process that ran the path.
+
+Paths:
+
+1. ``reference``: the reference implementation's recipe re-created for comparison: a PEFT wrap and
+   a Hugging Face ``Trainer`` per self-edit, one at a time, every sequence padded to 2048 tokens with
+   the loss on the pads, batch 1;
+2. ``ours-fp32-k1``: seal-pl's inner loop, one adapter at a time, fp32;
+3. ``ours-<precision>-k<K>``: seal-pl's batched path with K adapters per pass, fp32 and bf16.
+
+Each path runs in its own subprocess (clean peak memory). Results: a table on stdout and JSON.
+
+    python scripts/bench_inner_loop.py --out bench.json
+    python scripts/bench_inner_loop.py --model tiny-random-llama --edits 4 --epochs 1 --ks 1 2   # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_self_edits(n: int) -> list[list[str]]:
+    """``n`` self-edits as lists of training sequences (title-prefixed lines plus the passage)."""
+    from seal_pl.knowledge.data import load_passages
+    from seal_pl.knowledge.sequences import build_train_sequences
+
+    passages = {p.id: p for p in load_passages(ROOT / "data/knowledge/train.json")}
+    rows = [json.loads(line) for line in (ROOT / "data/knowledge/train_implications.jsonl").read_text().splitlines()]
+    edits = []
+    for row in rows[:n]:
+        p = passages[row["passage_id"]]
+        edits.append(build_train_sequences(p.title, p.context, row["completion"]).sequences)
+    return edits
+
+
+def peak_matmul_flops(dtype_name: str, size: int = 2048, repeats: int = 10) -> float:
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def run_reference(model_name: str, edits: list[list[str]], epochs: int, lr: float, pad_to: int) -> dict:
+    """PEFT wrap + HF Trainer per self-edit, padded to ``pad_to`` with loss on pads, batch 1."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    from seal_pl.models.loading import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(model_name)
+    real_tokens = processed_tokens = 0
+
+    class Sequences(torch.utils.data.Dataset):
+        def __init__(self, texts):
+            enc = tokenizer(texts, padding="max_length", truncation=True, max_length=pad_to, return_tensors="pt")
+            self.ids, self.mask = enc["input_ids"], enc["attention_mask"]
+
+        def __len__(self):
+            return len(self.ids)
+
+        def __getitem__(self, i):
+            # Labels are a plain copy of the padded ids: the loss includes every pad position.
+            return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.ids[i].clone()}
+
+    start = time.perf_counter()
+    for index, sequences in enumerate(edits):
+        data = Sequences(sequences)
+        real_tokens += int(data.mask.sum()) * epochs
+        processed_tokens += data.ids.numel() * epochs
+        peft_model = get_peft_model(
+            model, LoraConfig(r=32, lora_alpha=64, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+        )
+        args = TrainingArguments(
+            output_dir=f"/tmp/seal-bench-ref-{os.getpid()}-{index}",
+            per_device_train_batch_size=1,
+            num_train_epochs=epochs,
+            learning_rate=lr,
+            logging_strategy="no",
+            save_strategy="no",
+            report_to=[],
+            use_cpu=not torch.cuda.is_available(),
+            bf16=False,
+            disable_tqdm=True,
+        )
+        Trainer(model=peft_model, args=args, train_dataset=data).train()
+        model = peft_model.unload()
+    elapsed = time.perf_counter() - start
+    return {"seconds": elapsed, "real_tokens": real_tokens, "processed_tokens": processed_tokens}
+
+
+def run_ours(model_name: str, edits: list[list[str]], epochs: int, lr: float, k: int, precision: str) -> dict:
+    from seal_pl.inner import AdaptJob, AdapterBank, InnerLoopConfig, InnerLoopTrainer, LoRASpec, TrainSequence
+    from seal_pl.models.loading import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(model_name)
+    bank = AdapterBank(model, LoRASpec(r=32, alpha=64, target_modules=["q_proj", "v_proj"]), slots=k)
+    config = InnerLoopConfig(lr=lr, epochs=epochs, batch_size=1, precision=precision)
+    trainer = InnerLoopTrainer(model, tokenizer, bank, config)
+    jobs = [AdaptJob([TrainSequence(s) for s in seqs], seed=i) for i, seqs in enumerate(edits)]
+    real_tokens = processed_tokens = 0
+    start = time.perf_counter()
+    for offset in range(0, len(jobs), k):
+        chunk = jobs[offset : offset + k]
+        results = trainer.adapt(chunk)
+        real_tokens += sum(r.train_tokens for r in results)
+    elapsed = time.perf_counter() - start
+    # Processed = real tokens plus the padding of joint batches (estimated by the longest row).
+    processed_tokens = _processed_estimate(tokenizer, edits, epochs, k)
+    return {"seconds": elapsed, "real_tokens": real_tokens, "processed_tokens": max(processed_tokens, real_tokens)}
+
+
+def _processed_estimate(tokenizer, edits, epochs, k) -> int:
+    lengths = [[len(tokenizer(s)["input_ids"]) for s in seqs] for seqs in edits]
+    total = 0
+    for offset in range(0, len(lengths), k):
+        chunk = lengths[offset : offset + k]
+        steps = max(len(c) for c in chunk) * epochs
+        longest = max(max(c) for c in chunk)
+        total += steps * len(chunk) * longest
+    return total
+
+
+def single(args) -> None:
+    """Run one path in this process and print its JSON result."""
+    edits = load_self_edits(args.edits)
+    if args.path == "reference":
+        result = run_reference(args.model, edits, args.epochs, args.lr, args.pad_to)
+    else:
+        _, precision, k = args.path.split("-")
+        result = run_ours(args.model, edits, args.epochs, args.lr, int(k[1:]), precision)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["edits"] = len(edits)
+    print("RESULT " + json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--edits", type=int, default=16, help="self-edits adapted by every path")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--pad-to", type=int, default=2048, help="reference padding width")
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 4, 8, 16], help="batched K values")
+    parser.add_argument("--reference-edits", type=int, default=2, help="self-edits for the (slow) reference path")
+    parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--out", default="bench_inner_loop.json")
+    parser.add_argument("--path", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.path:
+        single(args)
+        return
+
+    from seal_pl.models.loading import load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(args.model)
+    n_params = sum(p.numel() for p in model.parameters())
+    del model
+    peaks = {name: peak_matmul_flops(name) for name in ("fp32", "bf16")}
+    paths = [] if args.skip_reference else ["reference"]
+    paths += ["ours-fp32-k1"] + [f"ours-{p}-k{k}" for p in ("fp32", "bf16") for k in args.ks if not (p == "fp32" and k == 1)]
+    rows = []
+    for path in paths:
+        edits = args.reference_edits if path == "reference" else args.edits
+        command = [sys.executable, __file__, "--path", path, "--model", args.model, "--edits", str(edits),
+                   "--epochs", str(args.epochs), "--lr", str(args.lr), "--pad-to", str(args.pad_to)]
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        result = json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
+        precision = "bf16" if "bf16" in path else "fp32"
+        flops = 4 * n_params * result["processed_tokens"] / result["seconds"]
+        row = {
+            "path": path,
+            "edits": result["edits"],
+            "seconds": round(result["seconds"], 2),
+            "edits_per_hour": round(3600 * result["edits"] / result["seconds"], 1),
+            "train_tokens_per_s": round(result["real_tokens"] / result["seconds"], 1),
+            "achieved_gflops": round(flops / 1e9, 1),
+            "fraction_of_peak": round(flops / peaks[precision], 3),
+            "peak_rss_mb": round(result["peak_rss_mb"]),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    baseline = next(r for r in rows if r["path"] == "ours-fp32-k1")["edits_per_hour"]
+    reference = next((r["edits_per_hour"] for r in rows if r["path"] == "reference"), None)
+    header = f"{'path':<16} {'edits':>5} {'edits/h':>9} {'tok/s':>8} {'GFLOP/s':>8} {'of peak':>8} {'RSS MB':>7} {'vs k1':>6} {'vs ref':>7}"
+    print("\n" + header)
+    for r in rows:
+        vs_ref = f"{r['edits_per_hour'] / reference:.1f}x" if reference else "-"
+        print(f"{r['path']:<16} {r['edits']:>5} {r['edits_per_hour']:>9} {r['train_tokens_per_s']:>8} "
+              f"{r['achieved_gflops']:>8} {100 * r['fraction_of_peak']:>7.1f}% {r['peak_rss_mb']:>7} "
+              f"{r['edits_per_hour'] / baseline:>5.1f}x {vs_ref:>7}")
+    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()}
+    payload = {"model": args.model, "params": n_params, "epochs": args.epochs, "peak_flops": peaks,
+               "machine": machine, "rows": rows}
+    Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\npeak matmul: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
