@@ -16,9 +16,11 @@ frozen and never written, except by the explicit :meth:`AdapterBank.merge_into_b
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -185,6 +187,29 @@ class AdapterBank:
         for name, layer in self.layers.items():
             layer.lora_A[slot].copy_(state[f"base_model.model.{name}.lora_A.weight"])
             layer.lora_B[slot].copy_(state[f"base_model.model.{name}.lora_B.weight"])
+
+    def save_peft(self, slot: int, directory: str | Path, base_model_name_or_path: str = "") -> Path:
+        """Write one slot as a PEFT LoRA adapter folder (loadable by PEFT and by vLLM's LoRARequest)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base_model_name_or_path,
+            "r": self.spec.r,
+            "lora_alpha": self.spec.alpha,
+            "lora_dropout": self.spec.dropout,
+            "target_modules": sorted(set(self.spec.target_modules)),
+            "bias": "none",
+            "fan_in_fan_out": False,
+            "inference_mode": True,
+        }
+        (directory / "adapter_config.json").write_text(json.dumps(config, indent=2))
+        tensors = {key: value.contiguous() for key, value in self.state_dict(slot).items()}
+        save_file(tensors, str(directory / "adapter_model.safetensors"))
+        return directory
 
     @torch.no_grad()
     def merge_into_base(self, slot: int) -> None:
