@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import yaml
@@ -85,8 +86,18 @@ class SealCLI(LightningCLI):
                 )
 
 
+NOISY_WARNINGS = (
+    r".*overridden `transfer_batch_to_device`.*",  # deliberate: batches are domain objects
+    r".*LeafSpec.*is deprecated.*",
+    r".*litlogger.*",
+    r".*does not have many workers.*",  # items are whole passages/tasks; workers would not help
+)
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``seal`` console script."""
+    for pattern in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
     SealCLI(
         LightningModule,
         LightningDataModule,

@@ -24,7 +24,14 @@ from seal_pl.inner.trainer import InnerLoopConfig
 from seal_pl.knowledge.data import Passage, load_passages, load_self_edits, select_passages
 from seal_pl.knowledge.grading import ContainsGrader, Grader
 from seal_pl.lightning.base import InnerLoopModule, identity_collate
-from seal_pl.pipelines.knowledge import CONDITIONS, KnowledgeIncorporation, KnowledgeSettings, format_table, summarize
+from seal_pl.pipelines.knowledge import (
+    CONDITIONS,
+    KnowledgeIncorporation,
+    KnowledgeSettings,
+    format_table,
+    self_edit_rewards,
+    summarize,
+)
 from seal_pl.records import append_record, read_all, rewrite_records, write_json
 
 
@@ -97,6 +104,8 @@ class KnowledgeIncorporationModule(InnerLoopModule):
         generator: generation backend (default: Hugging Face generate).
         grader: answer grader (default: gold answer contained in the prediction).
         seed: base seed; passage ``i`` samples its self-edits with ``seed + i``.
+        inner_seeds: every adaptation is trained with this many inner-loop seeds (data order) and
+            its accuracy averaged: the self-edit's reward (reference: 1 for evaluation, 3 for RL).
     """
 
     def __init__(
@@ -111,6 +120,7 @@ class KnowledgeIncorporationModule(InnerLoopModule):
         generator: GeneratorBackend | None = None,
         grader: Grader | None = None,
         seed: int = 0,
+        inner_seeds: int = 1,
     ):
         conditions = list(conditions or ["no_adaptation", "passage_only", "self_edit"])
         unknown = set(conditions) - set(CONDITIONS)
@@ -118,13 +128,16 @@ class KnowledgeIncorporationModule(InnerLoopModule):
             raise ValueError(f"unknown conditions {sorted(unknown)}; valid: {list(CONDITIONS)}")
         if n_self_edits < 1 and "self_edit" in conditions:
             raise ValueError("n_self_edits must be >= 1 when the self_edit condition is on")
-        adapters = ("passage_only" in conditions) + ("self_edit" in conditions) * n_self_edits
+        if inner_seeds < 1:
+            raise ValueError("inner_seeds must be >= 1")
+        adapters = (("passage_only" in conditions) + ("self_edit" in conditions) * n_self_edits) * inner_seeds
         super().__init__(model, dtype, lora or LoRASpec(), inner or InnerLoopConfig(), max(1, adapters), generator)
         self.conditions = conditions
         self.n_self_edits = n_self_edits
         self.settings = settings or KnowledgeSettings()
         self.grader = grader if grader is not None else ContainsGrader()
         self.seed = seed
+        self.inner_seeds = inner_seeds
         self.pipeline: KnowledgeIncorporation | None = None
         self._done: set[str] = set()
         self._started = 0.0
@@ -162,13 +175,6 @@ class KnowledgeIncorporationModule(InnerLoopModule):
         self_edits: list[str] = []
         if "self_edit" in self.conditions:
             self_edits = self.pipeline.sample_self_edits([passage], self.n_self_edits, seed=seed)[0]
-            prompt = self.pipeline.self_edit_prompt(passage)
-            for k, completion in enumerate(self_edits):
-                append_record(
-                    self.shard("self_edits"),
-                    {"id": f"{passage.id}/{k}", "passage_id": passage.id, "edit_index": k, "seed": seed,
-                     "prompt": prompt, "completion": completion},
-                )
         with torch.inference_mode(False):
             record = self.pipeline.evaluate_passage(
                 passage,
@@ -176,7 +182,16 @@ class KnowledgeIncorporationModule(InnerLoopModule):
                 self_edits=self_edits,
                 external_edits=item.get("external", []),
                 seed=seed,
+                repeats=self.inner_seeds,
             )
+        if self_edits:
+            prompt = self.pipeline.self_edit_prompt(passage)
+            for reward in self_edit_rewards(record):
+                append_record(
+                    self.shard("self_edits"),
+                    {"id": f"{passage.id}/{reward['edit_index']}", "passage_id": passage.id, "seed": seed,
+                     "prompt": prompt, **reward},
+                )
         for condition, runs in record["conditions"].items():
             for run in runs:
                 for q in run["questions"]:
@@ -238,13 +253,12 @@ class KnowledgeIncorporationModule(InnerLoopModule):
             "n_passages": len(ordered),
             "conditions": table,
             "wall_seconds_this_invocation": round(time.perf_counter() - self._started, 1),
+            # Adapters trained together share one wall time: count each batched adaptation once.
             "adapt_seconds": round(
                 sum(
-                    run["adaptation"]["seconds"]
+                    sum({run["adaptation"]["seconds"] for runs in r["conditions"].values() for run in runs
+                         if run["adaptation"]})
                     for r in ordered
-                    for runs in r["conditions"].values()
-                    for run in runs
-                    if run["adaptation"]
                 ),
                 1,
             ),

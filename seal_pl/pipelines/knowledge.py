@@ -67,6 +67,7 @@ class Adaptation:
 
     condition: str
     edit_index: int
+    repeat: int
     completion: str
     sequences: list[str]
     completion_was_empty: bool
@@ -166,7 +167,7 @@ class KnowledgeIncorporation:
         answers: list[list[str]] = []
         for start in range(0, len(adaptations), slots_available):
             chunk = adaptations[start : start + slots_available]
-            jobs = [AdaptJob([TrainSequence(text) for text in a.sequences], seed=seed) for a in chunk]
+            jobs = [AdaptJob([TrainSequence(text) for text in a.sequences], seed=seed + a.repeat) for a in chunk]
             results = self.trainer.adapt(jobs)
             for adaptation, result in zip(chunk, results):
                 adaptation.losses = result.losses
@@ -185,11 +186,15 @@ class KnowledgeIncorporation:
         external_edits: Sequence[str] = (),
         baseline_predictions: Sequence[str] | None = None,
         seed: int = 0,
+        repeats: int = 1,
     ) -> dict:
         """All requested conditions for one passage.
 
+        Every adaptation is trained ``repeats`` times with inner-loop seeds ``seed, seed + 1, ...``
+        (the reference scores each RL self-edit over 3 seeds).
+
         Returns ``{"passage_id", "title", "conditions": {condition: [run, ...]}}`` where each run is
-        ``{"edit_index", "accuracy", "questions": [...], "adaptation": {...}}``.
+        ``{"edit_index", "repeat", "accuracy", "questions": [...], "adaptation": {...}}``.
         """
         unknown = set(conditions) - set(CONDITIONS)
         if unknown:
@@ -202,34 +207,64 @@ class KnowledgeIncorporation:
                 else self.answer(passage, [None])[0]
             )
             graded = self.grade(passage, predictions)
-            record["conditions"]["no_adaptation"] = [_run(0, graded, None)]
+            record["conditions"]["no_adaptation"] = [_run(0, 0, graded, None)]
         adaptations: list[Adaptation] = []
-        if "passage_only" in conditions:
-            sequences, _ = self.training_sequences(passage, None)
-            adaptations.append(Adaptation("passage_only", 0, "", sequences, True))
-        for condition, edits in (("self_edit", self_edits), ("external", external_edits)):
-            if condition in conditions:
-                for index, completion in enumerate(edits):
-                    sequences, empty = self.training_sequences(passage, completion)
-                    adaptations.append(Adaptation(condition, index, completion, sequences, empty))
+        for repeat in range(repeats):
+            if "passage_only" in conditions:
+                sequences, _ = self.training_sequences(passage, None)
+                adaptations.append(Adaptation("passage_only", 0, repeat, "", sequences, True))
+            for condition, edits in (("self_edit", self_edits), ("external", external_edits)):
+                if condition in conditions:
+                    for index, completion in enumerate(edits):
+                        sequences, empty = self.training_sequences(passage, completion)
+                        adaptations.append(Adaptation(condition, index, repeat, completion, sequences, empty))
         for adaptation, predictions in zip(adaptations, self.adapt_and_answer(passage, adaptations, seed)):
             graded = self.grade(passage, predictions)
             record["conditions"].setdefault(adaptation.condition, []).append(
-                _run(adaptation.edit_index, graded, asdict(adaptation))
+                _run(adaptation.edit_index, adaptation.repeat, graded, asdict(adaptation))
             )
         return record
 
 
-def _run(edit_index: int, graded: list[dict], adaptation: dict | None) -> dict:
+def _run(edit_index: int, repeat: int, graded: list[dict], adaptation: dict | None) -> dict:
     correct = sum(q["correct"] for q in graded)
     return {
         "edit_index": edit_index,
+        "repeat": repeat,
         "accuracy": correct / max(1, len(graded)),
         "n_correct": correct,
         "n_questions": len(graded),
         "questions": graded,
         "adaptation": adaptation,
     }
+
+
+def self_edit_rewards(record: dict, condition: str = "self_edit") -> list[dict]:
+    """Per self-edit of one passage: its reward (mean adapted accuracy over inner-loop seeds).
+
+    Also gives the per-seed accuracies and the gain over the passage's no-adaptation accuracy.
+    """
+    runs = record["conditions"].get(condition, [])
+    baseline_runs = record["conditions"].get("no_adaptation", [])
+    baseline = baseline_runs[0]["accuracy"] if baseline_runs else None
+    by_edit: dict[int, list[dict]] = {}
+    for run in runs:
+        by_edit.setdefault(run["edit_index"], []).append(run)
+    rewards = []
+    for index in sorted(by_edit):
+        accuracies = [run["accuracy"] for run in sorted(by_edit[index], key=lambda r: r["repeat"])]
+        reward = sum(accuracies) / len(accuracies)
+        rewards.append(
+            {
+                "edit_index": index,
+                "completion": by_edit[index][0]["adaptation"]["completion"],
+                "reward": reward,
+                "accuracy_per_seed": accuracies,
+                "baseline_accuracy": baseline,
+                "gain": None if baseline is None else reward - baseline,
+            }
+        )
+    return rewards
 
 
 def summarize(records: Sequence[dict]) -> dict[str, dict]:
