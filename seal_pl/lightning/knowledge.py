@@ -106,6 +106,8 @@ class KnowledgeIncorporationModule(InnerLoopModule):
         seed: base seed; passage ``i`` samples its self-edits with ``seed + i``.
         inner_seeds: every adaptation is trained with this many inner-loop seeds (data order) and
             its accuracy averaged: the self-edit's reward (reference: 1 for evaluation, 3 for RL).
+        adapters: adapter slots trained at once (default: every adaptation of a passage, counting
+            one external self-edit per passage); more adaptations than slots run in chunks.
     """
 
     def __init__(
@@ -121,6 +123,7 @@ class KnowledgeIncorporationModule(InnerLoopModule):
         grader: Grader | None = None,
         seed: int = 0,
         inner_seeds: int = 1,
+        adapters: int | None = None,
     ):
         conditions = list(conditions or ["no_adaptation", "passage_only", "self_edit"])
         unknown = set(conditions) - set(CONDITIONS)
@@ -130,7 +133,9 @@ class KnowledgeIncorporationModule(InnerLoopModule):
             raise ValueError("n_self_edits must be >= 1 when the self_edit condition is on")
         if inner_seeds < 1:
             raise ValueError("inner_seeds must be >= 1")
-        adapters = (("passage_only" in conditions) + ("self_edit" in conditions) * n_self_edits) * inner_seeds
+        if adapters is None:
+            per_seed = ("passage_only" in conditions) + ("self_edit" in conditions) * n_self_edits
+            adapters = (per_seed + ("external" in conditions)) * inner_seeds
         super().__init__(model, dtype, lora or LoRASpec(), inner or InnerLoopConfig(), max(1, adapters), generator)
         self.conditions = conditions
         self.n_self_edits = n_self_edits
