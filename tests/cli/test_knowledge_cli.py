@@ -62,3 +62,33 @@ def test_knowledge_table_end_to_end_and_resume(tmp_path, capsys):
 def test_inference_mode_must_be_off(tmp_path):
     with pytest.raises(RuntimeError, match="inference_mode"):
         run(tmp_path / "run", "--trainer.inference_mode", "true")
+
+
+@pytest.mark.slow
+def test_two_process_ddp_shards_and_merges(tmp_path):
+    """Two CPU processes (gloo): each rank writes its own shard, rank 0 merges every passage once."""
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "seal_pl", "test",
+        "--config", str(ROOT / "configs/knowledge/demo.yaml"),
+        "--config", str(ROOT / "configs/trainer/ddp_cpu.yaml"),
+        "--model.init_args.model", "tiny-random-llama",
+        "--model.init_args.inner.epochs", "1",
+        "--model.init_args.settings.self_edit_sampling.max_new_tokens", "8",
+        "--model.init_args.settings.answer_max_new_tokens", "4",
+        "--data.init_args.limit", "3",
+        "--trainer.enable_progress_bar", "false",
+        "--run_dir", str(run_dir),
+    ]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(command, check=True, cwd=ROOT, env=env, capture_output=True, timeout=600)
+    assert (run_dir / "passages.rank0.jsonl").is_file() and (run_dir / "passages.rank1.jsonl").is_file()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["n_passages"] == 3
+    predictions = read_all(run_dir / "predictions.jsonl")
+    keys = [(p["passage_id"], p["condition"], p["edit_index"], p["question_id"]) for p in predictions]
+    assert len(keys) == len(set(keys))
+    assert len({p["passage_id"] for p in predictions}) == 3
