@@ -220,7 +220,7 @@ class AdapterBank:
         self.reset([slot])
 
     # --------------------------------------------------------------------------------- routing
-    def route(self, row_slots: torch.Tensor | Sequence[int] | int | None) -> "_RouteContext":
+    def route(self, row_slots: torch.Tensor | Sequence[int] | int | None) -> _RouteContext:
         """Context manager selecting adapters: an int (all rows), one slot per row, or None (base model)."""
         return _RouteContext(self, row_slots)
 

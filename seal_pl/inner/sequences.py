@@ -37,7 +37,7 @@ class TrainSequence:
     templated: bool = False
 
     @classmethod
-    def after_marker(cls, text: str, marker: str, templated: bool = False) -> "TrainSequence":
+    def after_marker(cls, text: str, marker: str, templated: bool = False) -> TrainSequence:
         """Loss only after the first occurrence of ``marker`` (whole text if the marker is absent)."""
         index = text.find(marker)
         return cls(text, 0 if index < 0 else index + len(marker), templated)

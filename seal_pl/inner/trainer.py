@@ -51,6 +51,8 @@ class InnerLoopConfig:
         shuffle: reshuffle sequences each epoch (seeded per job).
         precision: ``fp32``, or ``bf16`` autocast with fp32 adapter (master) weights.
         seed: default job seed (data order, dropout).
+        max_batch_tokens: padded tokens per forward pass; the rows of an optimizer step (all jobs,
+            all micro-batches) are sorted by length and split to fit (does not change the result).
     """
 
     lr: float = 3e-4
@@ -71,6 +73,7 @@ class InnerLoopConfig:
     shuffle: bool = True
     precision: str = "fp32"
     seed: int = 0
+    max_batch_tokens: int = 4096
 
     def __post_init__(self) -> None:
         if self.schedule not in ("linear", "cosine", "constant"):
@@ -218,60 +221,88 @@ class InnerLoopTrainer:
         return results
 
     def _train_step(self, step, active, plans, tokenized, slots, results, device, autocast) -> None:
+        """One optimizer step's forward/backward passes for every active job.
+
+        Each job's loss is the sum of its token losses over all micro-batches of the step divided by
+        its number of loss tokens in the step (the Hugging Face Trainer's normalisation with gradient
+        accumulation), so the rows of a step can be regrouped freely: they are sorted by length and
+        cut into chunks of at most ``max_batch_tokens`` padded tokens, which keeps padding small.
+        The reference path (``loss_on_padding``) keeps its micro-batches, since there the mean runs
+        over each padded micro-batch.
+        """
         c = self.config
-        # Loss normalisation: each job's loss is a mean over the loss tokens of *its* whole optimizer
-        # step (all its micro-batches), as the Hugging Face Trainer does with gradient accumulation.
-        step_tokens = {
-            j: max(1, sum(tokenized[j][r].n_loss_tokens for micro in plans[j][step] for r in micro)) for j in active
-        }
-        if c.loss_on_padding:
-            step_tokens = None
         step_loss = {j: 0.0 for j in active}
-        n_micro = max(len(plans[j][step]) for j in active)
-        for m in range(n_micro):
-            rows: list[TokenizedSequence] = []
-            owners: list[int] = []
-            for j in active:
-                if m < len(plans[j][step]):
-                    for r in plans[j][step][m]:
-                        rows.append(tokenized[j][r])
-                        owners.append(j)
-            batch = collate(
-                rows,
-                self.tokenizer.pad_token_id,
-                padding=c.padding,
-                pad_to=c.pad_to,
-                loss_on_padding=c.loss_on_padding,
-            )
-            batch = {k: v.to(device) for k, v in batch.items()}
-            row_slots = torch.tensor([slots[j] for j in owners])
-            with self.bank.route(row_slots), autocast:
-                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            shift_logits = logits[:, :-1].float()
-            shift_labels = batch["labels"][:, 1:]
-            token_loss = F.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.size(-1)),
-                shift_labels.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-                reduction="none",
-            ).view(shift_labels.shape)  # [batch, seq-1]
-            row_loss = token_loss.sum(dim=1)
-            row_count = (shift_labels != IGNORE_INDEX).sum(dim=1)
-            real_tokens = batch["attention_mask"].sum(dim=1)
-            owner_tensor = torch.tensor(owners, device=device)
-            total = logits.new_zeros((), dtype=torch.float32)
-            for j in set(owners):
-                mask = owner_tensor == j
-                if step_tokens is None:
-                    # Reference quirk path: mean over the micro-batch's tokens, pads included.
-                    denom = row_count[mask].sum().clamp(min=1) * len(plans[j][step])
-                else:
-                    denom = step_tokens[j]
-                job_loss = row_loss[mask].sum() / denom
-                total = total + job_loss
-                step_loss[j] += float(job_loss.detach())
-                results[j].train_tokens += int(real_tokens[mask].sum())
-            total.backward()
+        if c.loss_on_padding:
+            n_micro = max(len(plans[j][step]) for j in active)
+            for m in range(n_micro):
+                members = [(j, r) for j in active if m < len(plans[j][step]) for r in plans[j][step][m]]
+                # Mean over the micro-batch's label positions, pads included, then / micro-batches.
+                per_batch = {j: len(plans[j][step]) for j in active}
+                self._forward_backward(members, tokenized, slots, per_batch, step_loss, results, device, autocast, True)
+        else:
+            members = [(j, r) for j in active for micro in plans[j][step] for r in micro]
+            denominators = {
+                j: max(1, sum(tokenized[j][r].n_loss_tokens for micro in plans[j][step] for r in micro)) for j in active
+            }
+            members.sort(key=lambda m: len(tokenized[m[0]][m[1]].input_ids), reverse=True)
+            chunk: list[tuple[int, int]] = []
+            for member in members:
+                width = len(tokenized[chunk[0][0]][chunk[0][1]].input_ids) if chunk else 0
+                width = max(width, len(tokenized[member[0]][member[1]].input_ids))
+                if chunk and width * (len(chunk) + 1) > c.max_batch_tokens:
+                    self._forward_backward(chunk, tokenized, slots, denominators, step_loss, results, device, autocast)
+                    chunk = []
+                chunk.append(member)
+            if chunk:
+                self._forward_backward(chunk, tokenized, slots, denominators, step_loss, results, device, autocast)
         for j in active:
             results[j].losses.append(step_loss[j])
             results[j].steps += 1
+
+    def _forward_backward(
+        self, members, tokenized, slots, denominators, step_loss, results, device, autocast, per_batch_mean=False
+    ) -> None:
+        """Forward and backward one batch of (job, row) members; job j's loss is divided by denominators[j]
+        (times its number of label positions in this batch when ``per_batch_mean``)."""
+        c = self.config
+        rows = [tokenized[j][r] for j, r in members]
+        owners = [j for j, _ in members]
+        batch = collate(
+            rows, self.tokenizer.pad_token_id, padding=c.padding, pad_to=c.pad_to, loss_on_padding=c.loss_on_padding
+        )
+        batch = {k: v.to(device) for k, v in batch.items()}
+        shift_labels = batch["labels"][:, 1:]  # [batch, seq-1]
+        with self.bank.route(torch.tensor([slots[j] for j in owners])), autocast:
+            token_loss = self._token_losses(batch, shift_labels)  # [batch, seq-1]
+        row_loss = token_loss.sum(dim=1)
+        row_count = (shift_labels != IGNORE_INDEX).sum(dim=1)
+        real_tokens = batch["attention_mask"].sum(dim=1)
+        owner_tensor = torch.tensor(owners, device=device)
+        total = row_loss.new_zeros(())
+        for j in sorted(set(owners)):
+            mask = owner_tensor == j
+            denominator = denominators[j] * (row_count[mask].sum().clamp(min=1) if per_batch_mean else 1)
+            job_loss = row_loss[mask].sum() / denominator
+            total = total + job_loss
+            step_loss[j] += float(job_loss.detach())
+            results[j].train_tokens += int(real_tokens[mask].sum())
+        total.backward()
+
+    def _token_losses(self, batch: dict[str, torch.Tensor], shift_labels: torch.Tensor) -> torch.Tensor:
+        """Per-token cross-entropy; the vocabulary projection runs only at positions with a label."""
+        model = self.model
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+        head = model.get_output_embeddings()
+        plain_head = decoder is not None and isinstance(head, torch.nn.Linear) and not any(
+            getattr(model.config, name, None) for name in ("final_logit_softcapping", "logit_scale")
+        )
+        losses = torch.zeros(shift_labels.shape, dtype=torch.float32, device=shift_labels.device)
+        keep = shift_labels != IGNORE_INDEX
+        if plain_head:
+            hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            logits = head(hidden[:, :-1][keep]).float()  # [n_label_tokens, vocab]
+        else:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = logits[:, :-1][keep].float()
+        losses[keep] = F.cross_entropy(logits, shift_labels[keep], reduction="none")
+        return losses

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seal_pl.inner import AdaptJob, AdapterBank, InnerLoopConfig, InnerLoopTrainer, LoRASpec, TrainSequence
+from seal_pl.inner import AdapterBank, AdaptJob, InnerLoopConfig, InnerLoopTrainer, LoRASpec, TrainSequence
 from seal_pl.inner.sequences import IGNORE_INDEX, collate, tokenize_sequence
 
 ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -176,3 +176,20 @@ def test_marker_mask_and_padding_modes(tiny_model):
     assert reference["input_ids"].shape == (2, 64)
     assert (reference["labels"][1, len(short.input_ids):] == tok.pad_token_id).all()
     assert reference["attention_mask"][1].sum() == len(short.input_ids)
+
+
+def test_reference_padding_path_trains_and_splitting_rows_changes_nothing(tiny_model):
+    model, tok, bank, trainer = make(tiny_model, batch_size=2, padding="max_length", pad_to=64, loss_on_padding=True)
+    initial = adapter_state(bank, 0)
+    reference = trainer.adapt([job(seed=1)])[0]
+    assert reference.steps == 4 and all(torch.isfinite(torch.tensor(reference.losses)))
+    assert any(not torch.equal(initial[k], v) for k, v in adapter_state(bank, 0).items())
+    # Dynamic path: regrouping a step's rows into smaller forward passes gives the same result.
+    trainer.config = InnerLoopConfig(lr=1e-2, epochs=2, batch_size=3, max_batch_tokens=100_000)
+    whole = trainer.adapt([job(seed=1)])[0]
+    state = adapter_state(bank, 0)
+    trainer.config = InnerLoopConfig(lr=1e-2, epochs=2, batch_size=3, max_batch_tokens=8)
+    split = trainer.adapt([job(seed=1)])[0]
+    torch.testing.assert_close(torch.tensor(split.losses), torch.tensor(whole.losses), rtol=1e-4, atol=1e-5)
+    for key, tensor in adapter_state(bank, 0).items():
+        torch.testing.assert_close(tensor, state[key], rtol=1e-4, atol=1e-5)
