@@ -117,7 +117,7 @@ def run_reference(model_name: str, edits: list[list[str]], epochs: int, lr: floa
 
 
 def run_ours(model_name: str, edits: list[list[str]], epochs: int, lr: float, k: int, precision: str) -> dict:
-    from seal_pl.inner import AdaptJob, AdapterBank, InnerLoopConfig, InnerLoopTrainer, LoRASpec, TrainSequence
+    from seal_pl.inner import AdapterBank, AdaptJob, InnerLoopConfig, InnerLoopTrainer, LoRASpec, TrainSequence
     from seal_pl.models.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(model_name)

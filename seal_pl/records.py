@@ -79,6 +79,5 @@ def rewrite_records(path: str | Path, records: Iterable[dict[str, Any]]) -> None
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     os.replace(tmp, path)

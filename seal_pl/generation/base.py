@@ -61,7 +61,7 @@ class GeneratorBackend(ABC):
     tokenizer = None
     bank = None
 
-    def bind(self, model, tokenizer, bank=None) -> "GeneratorBackend":
+    def bind(self, model, tokenizer, bank=None) -> GeneratorBackend:
         self.model, self.tokenizer, self.bank = model, tokenizer, bank
         return self
 

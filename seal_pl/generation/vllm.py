@@ -67,7 +67,7 @@ class VLLMGenerator(GeneratorBackend):
         self._ids = itertools.count(1)
         self._served: dict[int, tuple[str, object]] = {}
 
-    def bind(self, model, tokenizer, bank=None) -> "VLLMGenerator":
+    def bind(self, model, tokenizer, bank=None) -> VLLMGenerator:
         super().bind(model, tokenizer, bank)
         vllm = _require_vllm()
         if self.bank is not None and self.bank.slots > self.max_loras:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from seal_pl.inner import AdaptJob, AdapterBank, InnerLoopConfig, InnerLoopTrainer, LoRASpec, TrainSequence
+from seal_pl.inner import AdapterBank, AdaptJob, InnerLoopConfig, InnerLoopTrainer, LoRASpec, TrainSequence
 from seal_pl.models.loading import load_model_and_tokenizer
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from seal_pl.generation import HFGenerator, SamplingParams
-from seal_pl.inner import AdaptJob, AdapterBank, InnerLoopConfig, InnerLoopTrainer, LoRASpec, TrainSequence
+from seal_pl.inner import AdapterBank, AdaptJob, InnerLoopConfig, InnerLoopTrainer, LoRASpec, TrainSequence
 from seal_pl.models import loading
 from seal_pl.models.loading import ModelNotAvailableError, load_model_and_tokenizer, resolve_model_path
 
