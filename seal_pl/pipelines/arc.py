@@ -164,7 +164,7 @@ class SelfEditSample:
         }
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> "SelfEditSample":
+    def from_record(cls, record: dict[str, Any]) -> SelfEditSample:
         config = None
         if record.get("config") is not None:
             parsed = parse_self_edit_dict(record["config"])
@@ -198,6 +198,7 @@ class Outcome:
     edit_index: int
     mode: str
     config: dict[str, Any] | None = None
+    prompt: list[dict[str, str]] | None = None
     completion: str | None = None
     valid: bool = True
     reason: str | None = None
@@ -283,9 +284,7 @@ class ARCPipeline:
         prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         if target is None:
             return prompt, None
-        full = self.tokenizer.apply_chat_template(
-            messages + [{"role": "assistant", "content": target}], tokenize=False
-        )
+        full = self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": target}], tokenize=False)
         return prompt, full
 
     def train_sequence(self, task: Task) -> TrainSequence:
@@ -331,7 +330,7 @@ class ARCPipeline:
             for grid in (example.output, example.output.T):
                 text = self.representer.grid_format.grid_to_text(grid) + self.representer.end_marker
                 longest = max(longest, len(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
-        return int(math.ceil(s.answer_budget_factor * longest)) + s.answer_budget_extra
+        return math.ceil(s.answer_budget_factor * longest) + s.answer_budget_extra
 
     # ------------------------------------------------------------------------------------- TTT
     def ttt_tasks(self, task: Task, config: SelfEditConfig, seed: int | None = None) -> list[Task]:
@@ -444,7 +443,9 @@ class ARCPipeline:
                     row_slots.append(-1 if slot is None else slot)
         use_adapters = any(slot is not None for _, slot in groups)
         outputs = (
-            self.generator.generate(prompts, self.answer_params(budget), adapter_slots=row_slots if use_adapters else None)
+            self.generator.generate(
+                prompts, self.answer_params(budget), adapter_slots=row_slots if use_adapters else None
+            )
             if prompts
             else []
         )
@@ -574,12 +575,16 @@ class ARCPipeline:
             if on_outcome is not None:
                 on_outcome(outcome)
 
+        # In self_edit mode each record carries the self-edit prompt and completion, so solved
+        # pairs can go straight into ReST-EM (seal_pl.pipelines.restem.keep_successes).
+        prompt = self.self_edit_messages(reference) if mode == "self_edit" else None
         for edit in edits:
             outcome = Outcome(
                 task_id,
                 edit.edit_index,
                 mode,
                 config=None if edit.config is None else edit.config.to_dict(),
+                prompt=prompt,
                 completion=edit.completion if mode == "self_edit" else None,
                 valid=edit.valid,
                 reason=edit.reason,
