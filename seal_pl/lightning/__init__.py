@@ -1,6 +1,14 @@
 """The Lightning shell: data modules, LightningModules and callbacks around the pure core."""
 
+from seal_pl.lightning.arc import ARCDataModule, ARCTTTModule
 from seal_pl.lightning.knowledge import KnowledgeDataModule, KnowledgeIncorporationModule
 from seal_pl.lightning.policy_sft import PolicySFTModule, SFTDataModule
 
-__all__ = ["KnowledgeDataModule", "KnowledgeIncorporationModule", "PolicySFTModule", "SFTDataModule"]
+__all__ = [
+    "ARCDataModule",
+    "ARCTTTModule",
+    "KnowledgeDataModule",
+    "KnowledgeIncorporationModule",
+    "PolicySFTModule",
+    "SFTDataModule",
+]

@@ -14,8 +14,9 @@ Records are appended to per-rank JSONL shards in the run directory as soon as th
 * ``self_edits.rank<r>.jsonl`` - (``self_edit`` mode) every sampled self-edit: prompt, raw
   completion(s), validity, reason, parsed config; id ``<task>/<k>``;
 * ``edits.rank<r>.jsonl`` - one per (task, self-edit) - or per task in ``icl``/``fixed`` mode:
-  config JSON, completion, validity/reason, skip reason (compute cap), TTT losses/steps/seconds,
-  per-subtask attempts and verdicts, reward; id ``<task>/<k>``;
+  config JSON, self-edit prompt and completion, validity/reason, skip reason (compute cap), TTT
+  losses/steps/seconds, per-subtask attempts and verdicts, reward; id ``<task>/<k>``. These are
+  the E-step records of ReST-EM (``seal_pl.pipelines.restem.keep_successes``);
 * ``predictions.rank<r>.jsonl`` - one per (subtask, self-edit): both attempts, pass@2 verdict,
   every view's raw output; id ``<subtask>/<k>``;
 * ``tasks.rank<r>.jsonl`` - one per finished task: rewards, solved flag, wall time.
