@@ -49,6 +49,9 @@ class KnowledgeSettings:
         answer_max_new_tokens: answer budget (reference: 64, greedy).
         split_newlines: one training sequence per line / per question-answer block (reference: True).
         drop_preamble: drop a first line that introduces a numbered list.
+        loss_after_marker: when set, every training sequence is trained only on the tokens after the
+            first occurrence of this string (the whole sequence when absent); null trains on all
+            tokens (reference default).
     """
 
     prompt_style: str = "implications"
@@ -59,6 +62,7 @@ class KnowledgeSettings:
     answer_max_new_tokens: int = 64
     split_newlines: bool = True
     drop_preamble: bool = True
+    loss_after_marker: str | None = None
 
 
 @dataclass
@@ -167,7 +171,15 @@ class KnowledgeIncorporation:
         answers: list[list[str]] = []
         for start in range(0, len(adaptations), slots_available):
             chunk = adaptations[start : start + slots_available]
-            jobs = [AdaptJob([TrainSequence(text) for text in a.sequences], seed=seed + a.repeat) for a in chunk]
+            marker = self.settings.loss_after_marker
+            jobs = [
+                AdaptJob(
+                    [TrainSequence.after_marker(t, marker) if marker else TrainSequence(t) for t in a.sequences],
+                    seed=seed + a.repeat,
+                    loss_on="completion" if marker else None,
+                )
+                for a in chunk
+            ]
             results = self.trainer.adapt(jobs)
             for adaptation, result in zip(chunk, results):
                 adaptation.losses = result.losses

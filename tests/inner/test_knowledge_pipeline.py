@@ -61,3 +61,16 @@ def test_sampled_self_edits_are_reproducible(tiny_model):
     first = pipeline.sample_self_edits([PASSAGE], 2, seed=5)
     again = pipeline.sample_self_edits([PASSAGE], 2, seed=5)
     assert first == again and len(first[0]) == 2
+
+
+def test_loss_after_marker_masks_the_prefix(tiny_model):
+    pipeline = make_pipeline(tiny_model, slots=1)
+    pipeline.settings.loss_after_marker = "opened"
+    seen = []
+    adapt = pipeline.trainer.adapt
+    pipeline.trainer.adapt = lambda jobs, slots=None: seen.extend(jobs) or adapt(jobs, slots)
+    pipeline.evaluate_passage(PASSAGE, conditions=["passage_only"])
+    (job,) = seen
+    assert job.loss_on == "completion"
+    text = job.sequences[0].text
+    assert text[job.sequences[0].completion_start :].startswith(" in 1903")
