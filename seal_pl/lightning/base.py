@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from torch.utils.data import DataLoader
 
 from seal_pl.generation.base import GeneratorBackend
 from seal_pl.generation.hf import HFGenerator
@@ -17,6 +18,23 @@ from seal_pl.models.loading import load_model_and_tokenizer
 def identity_collate(batch: list) -> list:
     """Keep items as they are: steps receive a list of domain objects, not tensors."""
     return batch
+
+
+class ItemDataModule(pl.LightningDataModule):
+    """A data module whose test/predict items are whole domain objects (a passage, a task), one per step."""
+
+    def items(self) -> list:
+        """The items of the test/predict loop (built in ``setup``); every subclass defines it."""
+        raise TypeError(f"{type(self).__name__} must define items()")
+
+    def _loader(self) -> DataLoader:
+        return DataLoader(self.items(), batch_size=1, shuffle=False, collate_fn=identity_collate)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader()
 
 
 class InnerLoopModule(pl.LightningModule):

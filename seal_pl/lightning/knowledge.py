@@ -13,17 +13,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader
 
 from seal_pl.generation.base import GeneratorBackend
 from seal_pl.inner.lora import LoRASpec
 from seal_pl.inner.trainer import InnerLoopConfig
 from seal_pl.knowledge.data import Passage, load_passages, load_self_edits, select_passages
 from seal_pl.knowledge.grading import ContainsGrader, Grader
-from seal_pl.lightning.base import InnerLoopModule, identity_collate
+from seal_pl.lightning.base import InnerLoopModule, ItemDataModule
 from seal_pl.pipelines.knowledge import (
     CONDITIONS,
     KnowledgeIncorporation,
@@ -35,7 +33,7 @@ from seal_pl.pipelines.knowledge import (
 from seal_pl.records import append_record, read_all, rewrite_records, write_json
 
 
-class KnowledgeDataModule(pl.LightningDataModule):
+class KnowledgeDataModule(ItemDataModule):
     """Passages (with their questions) and, optionally, self-edits written elsewhere.
 
     Args:
@@ -78,15 +76,6 @@ class KnowledgeDataModule(pl.LightningDataModule):
 
     def items(self) -> list[dict[str, Any]]:
         return [{"passage": p, "external": self.external.get(p.id, [])} for p in self.passages]
-
-    def _loader(self) -> DataLoader:
-        return DataLoader(self.items(), batch_size=1, shuffle=False, collate_fn=identity_collate)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader()
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader()
 
 
 class KnowledgeIncorporationModule(InnerLoopModule):
