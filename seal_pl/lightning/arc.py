@@ -213,12 +213,6 @@ class ARCTTTModule(InnerLoopModule):
         self.pipeline = ARCPipeline(self.tokenizer, self.generator, trainer, self.settings)
 
     # ---------------------------------------------------------------------------------- stages
-    def on_test_epoch_start(self) -> None:
-        self._begin()
-
-    def on_predict_epoch_start(self) -> None:
-        self._begin()
-
     def _begin(self) -> None:
         self._started = time.perf_counter()
         self._done = {r["task_id"] for r in read_all(self.run_dir / "tasks.rank*.jsonl")}
@@ -338,17 +332,8 @@ class ARCTTTModule(InnerLoopModule):
         if outcome.completion:
             writer.add_text(f"self_edit/{outcome.task_id}", f"```\n{outcome.completion}\n```", outcome.edit_index)
 
-    def on_test_epoch_end(self) -> None:
-        self._finish()
-
-    def on_predict_epoch_end(self) -> None:
-        self._finish()
-
     # ----------------------------------------------------------------------------------- merge
     def _finish(self) -> None:
-        self.barrier(self.trainer)
-        if self.global_rank != 0:
-            return
         run_dir = self.run_dir
         tasks = {r["task_id"]: r for r in read_all(run_dir / "tasks.rank*.jsonl")}
         edits = _unique(read_all(run_dir / "edits.rank*.jsonl"))

@@ -79,6 +79,31 @@ class InnerLoopModule(pl.LightningModule):
         self.inner_trainer = InnerLoopTrainer(self.lm, tokenizer, self.bank, self.inner_config)
         self.generator.bind(self.lm, tokenizer, self.bank)
 
+    # Every pass over the items: ``_begin`` (read finished ids to resume) on each rank, then, once
+    # all ranks are done, ``_finish`` (merge the shards, write results) on rank 0.
+    def on_test_epoch_start(self) -> None:
+        self._begin()
+
+    def on_predict_epoch_start(self) -> None:
+        self._begin()
+
+    def on_test_epoch_end(self) -> None:
+        self._end()
+
+    def on_predict_epoch_end(self) -> None:
+        self._end()
+
+    def _end(self) -> None:
+        self.barrier(self.trainer)
+        if self.global_rank == 0:
+            self._finish()
+
+    def _begin(self) -> None:
+        """Prepare a pass (e.g. read the ids already finished in the run directory)."""
+
+    def _finish(self) -> None:
+        """Merge the per-rank records and write the run's results (rank 0 only)."""
+
     @property
     def run_dir(self) -> Path:
         return Path(self.trainer.default_root_dir)

@@ -142,12 +142,6 @@ class KnowledgeIncorporationModule(InnerLoopModule):
         self.pipeline = KnowledgeIncorporation(self.inner_trainer, self.generator, self.grader, self.settings)
 
     # ---------------------------------------------------------------------------------- stages
-    def on_test_epoch_start(self) -> None:
-        self._begin()
-
-    def on_predict_epoch_start(self) -> None:
-        self._begin()
-
     def _begin(self) -> None:
         self._started = time.perf_counter()
         self._done = {r["passage_id"] for r in read_all(self.run_dir / "passages.rank*.jsonl")}
@@ -219,16 +213,7 @@ class KnowledgeIncorporationModule(InnerLoopModule):
             completion = record["conditions"]["self_edit"][0]["adaptation"]["completion"]
             writer.add_text("self_edit_sample", f"**{record['title']}**\n\n{completion}", len(self._done))
 
-    def on_test_epoch_end(self) -> None:
-        self._finish()
-
-    def on_predict_epoch_end(self) -> None:
-        self._finish()
-
     def _finish(self) -> None:
-        self.barrier(self.trainer)
-        if self.global_rank != 0:
-            return
         records = {r["passage_id"]: r for r in read_all(self.run_dir / "passages.rank*.jsonl")}
         ordered = [records[k] for k in sorted(records)]
         table = summarize(ordered)
