@@ -128,24 +128,11 @@ def run_ours(model_name: str, edits: list[list[str]], epochs: int, lr: float, k:
     real_tokens = processed_tokens = 0
     start = time.perf_counter()
     for offset in range(0, len(jobs), k):
-        chunk = jobs[offset : offset + k]
-        results = trainer.adapt(chunk)
+        results = trainer.adapt(jobs[offset : offset + k])
         real_tokens += sum(r.train_tokens for r in results)
+        processed_tokens += sum(r.processed_tokens for r in results)  # exact, padding included
     elapsed = time.perf_counter() - start
-    # Processed = real tokens plus the padding of joint batches (estimated by the longest row).
-    processed_tokens = _processed_estimate(tokenizer, edits, epochs, k)
-    return {"seconds": elapsed, "real_tokens": real_tokens, "processed_tokens": max(processed_tokens, real_tokens)}
-
-
-def _processed_estimate(tokenizer, edits, epochs, k) -> int:
-    lengths = [[len(tokenizer(s)["input_ids"]) for s in seqs] for seqs in edits]
-    total = 0
-    for offset in range(0, len(lengths), k):
-        chunk = lengths[offset : offset + k]
-        steps = max(len(c) for c in chunk) * epochs
-        longest = max(max(c) for c in chunk)
-        total += steps * len(chunk) * longest
-    return total
+    return {"seconds": elapsed, "real_tokens": real_tokens, "processed_tokens": processed_tokens}
 
 
 def single(args) -> None:

@@ -103,6 +103,7 @@ class AdaptResult:
     losses: list[float] = field(default_factory=list)
     steps: int = 0
     train_tokens: int = 0
+    processed_tokens: int = 0
     seconds: float = 0.0
 
 
@@ -286,6 +287,7 @@ class InnerLoopTrainer:
             total = total + job_loss
             step_loss[j] += float(job_loss.detach())
             results[j].train_tokens += int(real_tokens[mask].sum())
+            results[j].processed_tokens += int(mask.sum()) * batch["input_ids"].size(1)  # padding included
         total.backward()
 
     def _token_losses(self, batch: dict[str, torch.Tensor], shift_labels: torch.Tensor) -> torch.Tensor:
