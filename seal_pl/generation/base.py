@@ -65,6 +65,13 @@ class GeneratorBackend(ABC):
         self.model, self.tokenizer, self.bank = model, tokenizer, bank
         return self
 
+    def check_call(self, prompts: Sequence[Prompt], adapter_slots: Sequence[int] | None, ready: bool) -> None:
+        """Shared argument checks of ``generate``: the backend is bound, one slot per prompt."""
+        if not ready:
+            raise RuntimeError(f"{type(self).__name__}.bind(model, tokenizer, bank) must be called before generate()")
+        if adapter_slots is not None and len(adapter_slots) != len(prompts):
+            raise ValueError("adapter_slots needs one entry per prompt")
+
     @abstractmethod
     def generate(
         self,

@@ -32,10 +32,7 @@ class HFGenerator(GeneratorBackend):
         params: SamplingParams,
         adapter_slots: Sequence[int] | None = None,
     ) -> list[str]:
-        if self.model is None:
-            raise RuntimeError("HFGenerator.bind(model, tokenizer, bank) must be called before generate()")
-        if adapter_slots is not None and len(adapter_slots) != len(prompts):
-            raise ValueError("adapter_slots needs one entry per prompt")
+        self.check_call(prompts, adapter_slots, ready=self.model is not None)
         tokenizer, model = self.tokenizer, self.model
         rendered = [render_prompt(tokenizer, p) for p in prompts]
         encoded = [tokenizer(text, add_special_tokens=not templated)["input_ids"] for text, templated in rendered]

@@ -112,8 +112,7 @@ class VLLMGenerator(GeneratorBackend):
         params: SamplingParams,
         adapter_slots: Sequence[int] | None = None,
     ) -> list[str]:
-        if self._llm is None:
-            raise RuntimeError("VLLMGenerator.bind(model, tokenizer, bank) must be called before generate()")
+        self.check_call(prompts, adapter_slots, ready=self._llm is not None)
         vllm = _require_vllm()
         texts = [render_prompt(self.tokenizer, p)[0] for p in prompts]
         sampling = vllm.SamplingParams(
