@@ -10,7 +10,10 @@ answers are mapped back and voted on (see :mod:`seal_pl.arc.voting`). The views 
    name of the inverse (Transpose, Flip(0), Flip(1), Rotate(270), Rotate(180)) that maps the
    model's answer back. A transformed view equal to an existing view is skipped.
 
-Untransformed views carry the inverse name ``"identity"``. An optional length filter (injected
+Untransformed views carry the inverse name ``"identity"``. :func:`map_back` takes a view's answer
+to the original orientation; :func:`to_view` is its inverse, taking a grid in the original
+orientation into a view's frame (used to score candidate answers in every view, see
+:mod:`seal_pl.arc.scoring`). An optional length filter (injected
 ``count_tokens``) keeps views shorter than ``max_tokens``; if none survive, leave-more-out
 variants (``include_n + [max + 1]``, which are shorter) are added and the build retried.
 """
@@ -122,3 +125,24 @@ def map_back(grid: Grid, inverse_name: str) -> Grid:
         ValueError: unknown ``inverse_name``, or a grid the inverse cannot be applied to.
     """
     return augmenter_from_name(inverse_name).apply_to_grid(grid)
+
+
+def view_transform(inverse_name: str) -> Augmenter:
+    """The transform a view applied to its task: the inverse of the recorded ``inverse_name``.
+
+    Raises:
+        ValueError: unknown ``inverse_name``, or one without an inverse (``NotInvertibleError``).
+    """
+    return augmenter_from_name(inverse_name).inverse()
+
+
+def to_view(grid: Grid, inverse_name: str) -> Grid:
+    """A grid in the original orientation as it reads in a view's frame (the inverse of :func:`map_back`).
+
+    ``map_back(to_view(grid, name), name)`` is ``grid`` for every geometric view, and
+    ``to_view(map_back(answer, name), name)`` is the view's own ``answer``.
+
+    Raises:
+        ValueError: unknown or non-invertible ``inverse_name``, or a grid the transform cannot be applied to.
+    """
+    return view_transform(inverse_name).apply_to_grid(np.asarray(grid))

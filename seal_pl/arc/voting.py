@@ -22,6 +22,10 @@ a majority reconstruction, by first appearance in the prediction list;
 in the pool by the total number of predictions of the grid, then by first nomination (groups in
 the order above). With a single candidate both attempts are that grid; with no predictions both
 are ``[[0]]``.
+
+This is the reference voting (``ARCSettings.voting: reference``). The alternative,
+``likelihood``, ranks the same decoded answers by the model's log-likelihood across views
+(:mod:`seal_pl.arc.scoring`).
 """
 
 from __future__ import annotations
@@ -144,7 +148,9 @@ def vote(predictions: Iterable[Prediction], mode: str = "frequency") -> tuple[Gr
 
     Args:
         predictions: decoded grids mapped back to the original orientation, with their group.
-        mode: voting rule; only ``"frequency"`` exists (a likelihood-based mode may follow).
+        mode: voting rule; only ``"frequency"`` exists here. Likelihood voting (ARChitects-style
+            product of experts) needs the model and lives in :mod:`seal_pl.arc.scoring`; the
+            pipeline picks it with ``ARCSettings.voting: likelihood``.
 
     Raises:
         ValueError: for an unknown ``mode`` or a prediction that is not a 2-D grid.

@@ -18,7 +18,8 @@ Records are appended to per-rank JSONL shards in the run directory as soon as th
   losses/steps/seconds, per-subtask attempts and verdicts, reward; id ``<task>/<k>``. These are
   the E-step records of ReST-EM (``seal_pl.pipelines.restem.keep_successes``);
 * ``predictions.rank<r>.jsonl`` - one per (subtask, self-edit): both attempts, pass@2 verdict,
-  every view's raw output; id ``<subtask>/<k>``;
+  every view's raw output (with ``voting: likelihood`` also every candidate's per-view
+  log-likelihood and the reference vote's attempts); id ``<subtask>/<k>``;
 * ``tasks.rank<r>.jsonl`` - one per finished task: rewards, solved flag, wall time.
 
 Re-running the same command resumes: finished tasks are skipped, and inside an unfinished task
@@ -165,8 +166,10 @@ class ARCTTTModule(InnerLoopModule):
         inner: inner-loop settings. Default = reference: batch 2, grad-accum 1, cosine schedule,
             11 warm-up steps, max length 8192, fp32 (``bf16`` autocast is available). lr, epochs and
             loss come from each self-edit / the fixed recipe.
-        settings: TTT-data, compute-cap, inference and self-edit settings (reference defaults:
-            Nmax 250, 8192 tokens, cap 375 steps at batch 2, all views, temperature 0.8, 128 tokens).
+        settings: TTT-data, compute-cap, inference, voting and self-edit settings (reference
+            defaults: Nmax 250, 8192 tokens, cap 375 steps at batch 2, all views, reference voting,
+            temperature 0.8, 128 tokens). ``settings.voting: likelihood`` ranks the decoded answers
+            by the adapted model's log-likelihood across views instead (``configs/arc/voting_likelihood.yaml``).
         adapters: adapter slots, i.e. self-edits trained (and answered) together (default 1).
         generator: generation backend (default: Hugging Face generate).
         seed: base seed; task ``t`` uses ``seed + crc32(t)`` (independent of order and rank).
@@ -268,7 +271,7 @@ class ARCTTTModule(InnerLoopModule):
         }
         append_record(self.shard("tasks"), record)
         self._done.add(task_id)
-        if known:
+        if known and not self.trainer.predicting:  # Lightning has no self.log in predict (ReST-EM E-step)
             self.log("reward", sum(known) / len(known), on_step=False, on_epoch=True, batch_size=len(known))
         return record
 
@@ -344,9 +347,12 @@ class ARCTTTModule(InnerLoopModule):
         results.update(
             {
                 "model": self.model_name,
+                "voting": self.settings.voting,
                 "wall_seconds_this_invocation": round(time.perf_counter() - self._started, 1),
             }
         )
+        if self.settings.voting == "likelihood":
+            results["likelihood_voting"] = likelihood_summary(predictions)
         write_json(run_dir / "results.json", results)
         for name, submission in submissions(tasks, predictions, self.mode, self.n_self_edits).items():
             write_submission(run_dir / name, submission)
@@ -407,6 +413,24 @@ def summarize(tasks: dict[str, dict], edits: list[dict], *, mode: str, n_self_ed
         "train_seconds": round(sum(e["train_seconds"] for e in finished), 1),
         "infer_seconds": round(sum(e["infer_seconds"] for e in finished), 1),
         "tasks": per_task,
+    }
+
+
+def likelihood_summary(predictions: list[dict]) -> dict[str, Any]:
+    """Likelihood voting next to the reference vote on the same answers (records of ``voting: likelihood``).
+
+    ``scored``: subtask predictions with at least two candidates (scoring ran); ``changed``: attempts
+    that differ from the reference vote's; ``solved`` / ``solved_by_reference_vote``: pass@2 of each
+    (subtasks with a known answer).
+    """
+    mine = [p for p in predictions if "likelihood" in p]
+    known = [p for p in mine if p.get("solved") is not None]
+    return {
+        "predictions": len(mine),
+        "scored": sum(1 for p in mine if p["likelihood"]["n_rows"]),
+        "changed": sum(1 for p in mine if p["attempts"] != p["reference_attempts"]),
+        "solved": sum(1 for p in known if p["solved"]),
+        "solved_by_reference_vote": sum(1 for p in known if p.get("reference_solved")),
     }
 
 

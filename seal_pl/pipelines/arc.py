@@ -19,7 +19,12 @@ model's own chat template (no hard-coded token ids). Several self-edits train at
 of one :class:`~seal_pl.inner.lora.AdapterBank`, and every view of every subtask for every trained
 adapter is answered in a single batched ``generate`` call whose rows carry their adapter slot.
 Answers are decoded, mapped back through the inverse of the view's transform and voted into two
-attempts per subtask (pass@2); a task is solved iff all its subtasks are.
+attempts per subtask (pass@2); a task is solved iff all its subtasks are. Voting is the reference
+frequency vote (``settings.voting: reference``) or, optionally, ARChitects-style likelihood voting
+(``likelihood``): every distinct answer is scored by the adapted model in every view (teacher
+forcing, the same adapter slot that generated it) and the two with the highest summed
+log-likelihood are the attempts (:mod:`seal_pl.arc.scoring`,
+:class:`~seal_pl.pipelines.arc_scoring.TeacherForcedScorer`).
 
 Plain Python over the shared inner loop and the generator backend; the Lightning module
 (:mod:`seal_pl.lightning.arc`) only drives it and writes records.
@@ -32,10 +37,11 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from seal_pl.arc.grids import Task
 from seal_pl.arc.inference import IDENTITY, InferenceView, build_inference_views, map_back
+from seal_pl.arc.scoring import LIKELIHOOD_VIEWS, ScoringPlan, plan_scoring
 from seal_pl.arc.self_edit import (
     SelfEditConfig,
     parse_self_edit,
@@ -48,8 +54,10 @@ from seal_pl.arc.voting import is_solved, vote
 from seal_pl.generation.base import GeneratorBackend, SamplingParams
 from seal_pl.inner.sequences import TrainSequence
 from seal_pl.inner.trainer import AdaptJob, AdaptResult, InnerLoopTrainer
+from seal_pl.pipelines.arc_scoring import ScoreRequest, TeacherForcedScorer
 
 MODES = ("icl", "fixed", "self_edit")
+VOTING = ("reference", "likelihood")
 
 SELF_EDIT_SYSTEM_MESSAGE = "You are a helpful assistant that gives the correct output immediately."
 """System message of the self-edit prompt (the reference's ``utils/prompts.py: system_message``)."""
@@ -89,6 +97,21 @@ class ARCSettings:
         answer_budget_factor: multiplier on the largest demonstration answer for the automatic budget.
         answer_budget_extra: tokens added to the automatic budget.
         stop_at_end_marker: stop generating at the answer's end marker (``#``).
+        voting: how the decoded answers become two attempts. ``reference`` (default): the
+            reference frequency vote (:func:`~seal_pl.arc.voting.vote`). ``likelihood``:
+            ARChitects-style product of experts - each distinct answer is scored by teacher
+            forcing in every scoring view (transformed into the view's frame, same text format and
+            end marker, same adapter slot) and ranked by its summed log-probability; costs a
+            forward pass over every view's prompt and every (view, candidate) answer, no decoding
+            (:mod:`seal_pl.arc.scoring`).
+        likelihood_views: views that score in ``likelihood`` voting: ``all`` inference views or
+            only the ``geometric`` (transformed) ones (all when there are none).
+        likelihood_max_candidates: score only this many most-voted distinct answers (ties:
+            first decoded); ``None`` = all of them.
+        likelihood_batch_size: completions per scoring forward pass.
+        likelihood_max_batch_tokens: optional cap on padded tokens per scoring forward pass.
+        likelihood_share_prompt: run each view's prompt once and reuse its key/value cache for all
+            candidates (``False``: one full prompt + answer sequence per row).
         self_edit_sampling: self-edit decoding (reference: temperature 0.8, 128 new tokens).
         self_edit_system_message: system message of the self-edit chat prompt (``None``: none).
         max_attempts: samples per self-edit index at most; a self-edit that is still invalid after
@@ -116,6 +139,12 @@ class ARCSettings:
     answer_budget_factor: float = 1.25
     answer_budget_extra: int = 8
     stop_at_end_marker: bool = True
+    voting: Literal["reference", "likelihood"] = "reference"
+    likelihood_views: Literal["all", "geometric"] = "all"
+    likelihood_max_candidates: int | None = None
+    likelihood_batch_size: int = 16
+    likelihood_max_batch_tokens: int | None = None
+    likelihood_share_prompt: bool = True
     self_edit_sampling: SamplingParams = field(
         default_factory=lambda: SamplingParams(max_new_tokens=128, temperature=0.8, top_p=1.0)
     )
@@ -133,6 +162,14 @@ class ARCSettings:
         if len(self.lr_range) != 2 or self.lr_range[0] > self.lr_range[1]:
             raise ValueError(f"lr_range must be [low, high] with low <= high, got {self.lr_range}")
         grid_format(self.grid_format)  # validates the name
+        if self.voting not in VOTING:
+            raise ValueError(f"unknown voting {self.voting!r}; available: {list(VOTING)}")
+        if self.likelihood_views not in LIKELIHOOD_VIEWS:
+            raise ValueError(f"unknown likelihood_views {self.likelihood_views!r}; available: {list(LIKELIHOOD_VIEWS)}")
+        if self.likelihood_max_candidates is not None and self.likelihood_max_candidates < 1:
+            raise ValueError(f"likelihood_max_candidates must be >= 1 or null, got {self.likelihood_max_candidates}")
+        if self.likelihood_batch_size < 1:
+            raise ValueError(f"likelihood_batch_size must be >= 1, got {self.likelihood_batch_size}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -258,6 +295,9 @@ class ARCPipeline:
         generator: a backend bound to the same model, tokenizer and adapter bank.
         trainer: the shared inner loop (``None`` is enough for ``icl``).
         settings: data, inference and self-edit settings.
+        scorer: for ``voting: likelihood``, anything with ``score([ScoreRequest, ...]) -> [float]``;
+            default: a :class:`TeacherForcedScorer` bound to the generator's model, tokenizer and
+            adapter bank (built on first use).
     """
 
     def __init__(
@@ -266,11 +306,13 @@ class ARCPipeline:
         generator: GeneratorBackend,
         trainer: InnerLoopTrainer | None = None,
         settings: ARCSettings | None = None,
+        scorer=None,
     ):
         self.tokenizer = tokenizer
         self.generator = generator
         self.trainer = trainer
         self.settings = settings or ARCSettings()
+        self.scorer = scorer
         self.representer = TextRepresenter(grid_format=grid_format(self.settings.grid_format))
 
     # ------------------------------------------------------------------------------ formatting
@@ -450,19 +492,37 @@ class ARCPipeline:
             else []
         )
         results: list[list[dict[str, Any]]] = []
+        pending: list[tuple[dict[str, Any], Task, list[InferenceView], ScoringPlan, int | None]] = []
         cursor = 0
-        for subtasks, _ in groups:
+        for subtasks, slot in groups:
             per_group = []
             for subtask in subtasks:
                 subtask_views = views_of(subtask)
                 texts = outputs[cursor : cursor + len(subtask_views)]
                 cursor += len(subtask_views)
-                per_group.append(self.score(subtask, subtask_views, texts, budget))
+                if self.settings.voting == "likelihood":
+                    predictions, view_records = self.decode(subtask_views, texts)
+                    record = self._record(subtask, subtask_views, predictions, view_records, budget)
+                    plan = plan_scoring(
+                        subtask_views,
+                        predictions,
+                        self.representer,
+                        which=self.settings.likelihood_views,
+                        max_candidates=self.settings.likelihood_max_candidates,
+                    )
+                    pending.append((record, subtask, subtask_views, plan, slot))
+                else:
+                    record = self.score(subtask, subtask_views, texts, budget)
+                per_group.append(record)
             results.append(per_group)
+        if pending:
+            self._likelihood_vote(pending)
         return results
 
-    def score(self, subtask: Task, views: Sequence[InferenceView], texts: Sequence[str], budget: int) -> dict[str, Any]:
-        """Decode, map back and vote the answers of one subtask's views."""
+    def decode(
+        self, views: Sequence[InferenceView], texts: Sequence[str]
+    ) -> tuple[list[tuple[Any, str]], list[dict[str, Any]]]:
+        """Decoded answers mapped back (``(grid, inverse name)``) and one record per view."""
         predictions = []
         view_records = []
         for view, text in zip(views, texts):
@@ -483,18 +543,74 @@ class ARCPipeline:
             if self.settings.save_raw_outputs:
                 record["output"] = text
             view_records.append(record)
+        return predictions, view_records
+
+    def _record(self, subtask: Task, views, predictions, view_records, budget: int) -> dict[str, Any]:
+        """The prediction record with the reference vote's attempts (likelihood voting replaces them)."""
         attempt_1, attempt_2 = vote(predictions)
-        truth = subtask.test.output
-        solved = None if truth is None else bool(is_solved((attempt_1, attempt_2), truth))
-        return {
+        record = {
             "subtask_id": subtask.task_id,
             "attempts": [_grid_list(attempt_1), _grid_list(attempt_2)],
-            "solved": solved,
+            "solved": None,
             "n_views": len(views),
             "n_decoded": len(predictions),
             "max_new_tokens": budget,
+            "voting": self.settings.voting,
             "views": view_records,
         }
+        _set_verdict(record, subtask)
+        return record
+
+    def score(self, subtask: Task, views: Sequence[InferenceView], texts: Sequence[str], budget: int) -> dict[str, Any]:
+        """Decode, map back and vote (reference voting) the answers of one subtask's views."""
+        predictions, view_records = self.decode(views, texts)
+        return self._record(subtask, views, predictions, view_records, budget)
+
+    def likelihood_scorer(self):
+        """The scorer of ``voting: likelihood`` (a :class:`TeacherForcedScorer` on the generator's model)."""
+        if self.scorer is None:
+            model = getattr(self.generator, "model", None)
+            if model is None:
+                raise RuntimeError(
+                    "voting 'likelihood' scores answers with the model: bind the generator to a model "
+                    "or pass ARCPipeline(scorer=...)"
+                )
+            s = self.settings
+            self.scorer = TeacherForcedScorer(
+                batch_size=s.likelihood_batch_size,
+                max_batch_tokens=s.likelihood_max_batch_tokens,
+                precision=getattr(self.generator, "precision", "fp32"),
+                share_prompt=s.likelihood_share_prompt,
+            ).bind(model, self.tokenizer, getattr(self.generator, "bank", None))
+        return self.scorer
+
+    def _likelihood_vote(self, pending) -> None:
+        """Score every planned (view, candidate) row of all subtasks and slots in one scorer call,
+        then replace each record's attempts by the two most likely candidates."""
+        requests: list[ScoreRequest] = []
+        for _, _, views, plan, slot in pending:
+            prompts = {}
+            for row in plan.rows:
+                if row.view_index not in prompts:
+                    prompts[row.view_index] = self.messages(views[row.view_index].task)[0]
+                requests.append(ScoreRequest(prompts[row.view_index], row.completion, slot))
+        started = time.perf_counter()
+        scores = list(self.likelihood_scorer().score(requests)) if requests else []
+        seconds = time.perf_counter() - started
+        cursor = 0
+        for record, subtask, views, plan, _ in pending:
+            plan.apply(scores[cursor : cursor + len(plan.rows)])
+            cursor += len(plan.rows)
+            record["reference_attempts"], record["reference_solved"] = record["attempts"], record["solved"]
+            attempt_1, attempt_2 = plan.attempts()
+            record["attempts"] = [_grid_list(attempt_1), _grid_list(attempt_2)]
+            _set_verdict(record, subtask)
+            record["likelihood"] = {
+                **plan.to_record(views),
+                "n_rows": len(plan.rows),
+                "call_rows": len(requests),
+                "call_seconds": round(seconds, 3),
+            }
 
     # ------------------------------------------------------------------------------- self-edits
     def self_edit_messages(self, task: Task) -> list[dict[str, str]]:
@@ -634,6 +750,12 @@ class ARCPipeline:
                 outcome.subtasks, outcome.infer_seconds = per_slot, seconds
                 emit(outcome)
         return sorted(outcomes, key=lambda outcome: outcome.edit_index)
+
+
+def _set_verdict(record: dict[str, Any], subtask: Task) -> None:
+    """Pass@2 of the record's attempts (``None`` when the subtask's answer is unknown)."""
+    truth = subtask.test.output
+    record["solved"] = None if truth is None else bool(is_solved(record["attempts"], truth))
 
 
 def _finalize(outcome: Outcome) -> None:

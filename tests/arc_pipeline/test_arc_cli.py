@@ -66,11 +66,12 @@ def lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run(tmp_path: Path, mode_config: str, name: str) -> Path:
+def run(tmp_path: Path, mode_config: str, name: str, overlays: tuple[str, ...] = ()) -> Path:
     tiny = tmp_path / "tiny.yaml"
     tiny.write_text(yaml.safe_dump(TINY))
     run_dir = tmp_path / name
-    main(["test", "--config", str(CONFIGS / mode_config), "--config", str(tiny), "--run_dir", str(run_dir)])
+    configs = [arg for config in (mode_config, *overlays) for arg in ("--config", str(CONFIGS / config))]
+    main(["test", *configs, "--config", str(tiny), "--run_dir", str(run_dir)])
     return run_dir
 
 
@@ -162,7 +163,33 @@ def test_self_edit_mode_end_to_end_and_resume(tmp_path, monkeypatch):
     assert json.loads((run_dir / "results.json").read_text())["n_pairs"] == 2
 
 
-@pytest.mark.parametrize("name", ["icl", "ttt_fixed", "self_edit", "demo", "reference"])
+@pytest.mark.parametrize("mode_config, mode", [("icl.yaml", "icl"), ("ttt_fixed.yaml", "fixed")])
+def test_likelihood_voting_end_to_end(tmp_path, monkeypatch, mode_config, mode):
+    """``voting: likelihood`` through the CLI: the tiny model scores the decoded answers it "wrote"."""
+    answers = ["[[1 2 3]\n [4 5 6]\n [7 8 9]]", "[[0 0 0]\n [0 5 0]\n [0 0 0]]"]
+
+    def generate(self, prompts, params, adapter_slots=None):
+        return [answers[index % 2] for index in range(len(prompts))]  # the random model writes no grids
+
+    monkeypatch.setattr(HFGenerator, "generate", generate)
+    run_dir = run(tmp_path, mode_config, f"{mode}-likelihood", overlays=("voting_likelihood.yaml",))
+    results = check_common(run_dir, mode, 1)
+    assert results["voting"] == "likelihood"
+    [prediction] = lines(run_dir / "predictions.jsonl")
+    block = prediction["likelihood"]
+    assert prediction["voting"] == "likelihood" and prediction["n_decoded"] == prediction["n_views"] == 3
+    assert block["n_distinct"] >= 2 and block["n_rows"] == len(block["views"]) * len(block["candidates"]) > 0
+    totals = [candidate["logprob"] for candidate in block["candidates"]]
+    assert all(total < 0 for total in totals) and totals == sorted(totals, reverse=True)
+    assert prediction["attempts"] == [candidate["grid"] for candidate in block["candidates"][:2]]
+    assert len(prediction["reference_attempts"]) == 2
+    summary = results["likelihood_voting"]
+    assert summary["predictions"] == summary["scored"] == 1 and summary["solved"] == 0
+    submission = json.loads((run_dir / "submission.json").read_text())
+    assert submission[TASK][0]["attempt_1"] == prediction["attempts"][0]
+
+
+@pytest.mark.parametrize("name", ["icl", "ttt_fixed", "self_edit", "demo", "reference", "voting_likelihood"])
 def test_configs_load(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["test", "--config", str(CONFIGS / f"{name}.yaml"), "--print_config"])
@@ -170,3 +197,34 @@ def test_configs_load(name, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"] == "seal_pl.lightning.arc.ARCTTTModule"
     assert printed["trainer"]["inference_mode"] is False
+
+
+def test_voting_overlay_composes_with_a_base_config(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "test",
+                "--config",
+                str(CONFIGS / "demo.yaml"),
+                "--config",
+                str(CONFIGS / "voting_likelihood.yaml"),
+                "--print_config",
+            ]
+        )
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    settings = printed["model"]["init_args"]["settings"]
+    assert settings["voting"] == "likelihood" and settings["likelihood_views"] == "all"
+    assert settings["max_views"] == 8 and printed["data"]["init_args"]["limit"] == 6, "the base config stays"
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "test",
+                "--config",
+                str(CONFIGS / "demo.yaml"),
+                "--model.init_args.settings.voting",
+                "bogus",
+                "--print_config",
+            ]
+        )
+    assert exit_info.value.code not in (0, None)
