@@ -2,6 +2,9 @@
 
 ``seal {fit,validate,test,predict} --config a.yaml [--config b.yaml] [--run_dir DIR] [--key value]``
 
+``seal restem --config r.yaml [--run_dir DIR]`` runs the ReST-EM outer loop (:mod:`seal_pl.restem`),
+whose rounds are made of such runs.
+
 * Configs compose left to right; ``--print_config`` shows the resolved config.
 * ``--run_dir`` is where a run writes everything: ``config.yaml`` (the resolved config), TensorBoard
   events under ``tensorboard/``, JSONL records, and ``results.json``. Without it, a new directory
@@ -91,11 +94,24 @@ NOISY_WARNINGS = (
     r".*LeafSpec.*is deprecated.*",
     r".*litlogger.*",
     r".*does not have many workers.*",  # items are whole passages/tasks; workers would not help
+    r".*ckpt_path=\"last\"\) is set, but there is no last checkpoint.*",  # a fresh run dir: nothing to resume
+)
+
+
+RESTEM_EPILOG = (
+    "ReST-EM outer loop: seal restem --config configs/knowledge/restem_demo.yaml [--run_dir DIR] "
+    "(rounds of E-step, filter, M-step and held-out evaluation; see seal restem --help)."
 )
 
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``seal`` console script."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] == "restem":
+        from seal_pl.restem.runner import main as restem_main
+
+        restem_main(argv[1:])
+        return
     for pattern in NOISY_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     SealCLI(
@@ -108,6 +124,7 @@ def main(args: list[str] | None = None) -> None:
         seed_everything_default=0,
         args=args,
         auto_configure_optimizers=False,
+        parser_kwargs={"epilog": RESTEM_EPILOG},
     )
 
 

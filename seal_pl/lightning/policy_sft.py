@@ -5,24 +5,30 @@ pairs of :class:`SFTDataModule` (a JSONL file written by the filter stage) with 
 completion tokens only. The policy is trained either with a PEFT LoRA adapter, merged into the
 weights at the end, or fully fine-tuned. Rank 0 then saves the merged model (safetensors) and the
 tokenizer to ``output_dir`` (default ``<run_dir>/policy``): that folder is both the next round's
-policy and its learner, as in the reference. Runs under any Lightning strategy (DDP, multi-node).
+policy and its learner, as in the reference. ``seal_policy.json`` in that folder is written last
+(what it was trained from, the number of examples and steps, the training loss of every step): its
+presence marks a finished M-step. Runs under DDP (multi-process, multi-node); the merge and save
+need the whole model on rank 0, so sharded strategies (FSDP, DeepSpeed ZeRO-3) are not supported.
+
+The effective batch is ``batch_size`` x ``trainer.accumulate_grad_batches`` x processes (reference,
+knowledge: 1 x 5 x 2 GPUs = 10; ARC: 5 x 1 x 1).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from seal_pl.generation.base import render_prompt
 from seal_pl.inner.sequences import TokenizedSequence, TrainSequence, collate, tokenize_sequence
 from seal_pl.inner.trainer import _lr_lambda
-from seal_pl.models.loading import load_model_and_tokenizer
-from seal_pl.records import read_records
+from seal_pl.models.loading import DTYPES, load_model_and_tokenizer
+from seal_pl.records import read_records, write_json
+from seal_pl.restem.layout import POLICY_MARKER
 
 
 def sft_sequence(tokenizer, prompt, completion: str) -> TrainSequence:
@@ -50,7 +56,8 @@ class SFTDataModule(pl.LightningDataModule):
     Args:
         path: the SFT set (written by the ReST-EM filter stage).
         batch_size: sequences per device per step.
-        max_length: truncate longer sequences.
+        max_length: truncate longer sequences (a pair whose completion is cut off entirely is left
+            out with a warning; the reference uses the longest pair's length).
         shuffle: shuffle each epoch.
     """
 
@@ -70,11 +77,23 @@ class SFTDataModule(pl.LightningDataModule):
         if not records:
             raise ValueError(f"{self.path}: the SFT set is empty (nothing was kept by the filter)")
         self.rows = []
+        dropped = 0
         for index, record in enumerate(records):
             if "prompt" not in record or "completion" not in record:
                 raise ValueError(f"{self.path}: record {index + 1} needs 'prompt' and 'completion'")
             sequence = sft_sequence(tokenizer, record["prompt"], record["completion"])
-            self.rows.append(tokenize_sequence(tokenizer, sequence, loss_on="completion", max_length=self.max_length))
+            row = tokenize_sequence(tokenizer, sequence, loss_on="completion", max_length=self.max_length)
+            if row.n_loss_tokens == 0:
+                dropped += 1
+                continue
+            self.rows.append(row)
+        if dropped:
+            rank_zero_warn(
+                f"{self.path}: {dropped} of {len(records)} pairs have no completion token within max_length "
+                f"{self.max_length} and are left out; raise data.init_args.max_length"
+            )
+        if not self.rows:
+            raise ValueError(f"{self.path}: no pair has a completion token within max_length {self.max_length}")
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
@@ -90,6 +109,8 @@ class PolicySFTModule(pl.LightningModule):
 
     Args:
         model: the current policy (name or folder).
+        dtype: weights dtype of the loaded policy (float32, or bfloat16 to halve memory; with
+            ``trainer.precision: bf16-mixed`` float32 weights are trained under bf16 autocast).
         lora_r: LoRA rank; 0 means full fine-tuning (reference: knowledge r=64, ARC r=16).
         lora_alpha: LoRA alpha (reference: knowledge 128, ARC 16).
         lora_dropout: LoRA dropout.
@@ -99,11 +120,16 @@ class PolicySFTModule(pl.LightningModule):
         schedule: linear, cosine or constant.
         warmup_ratio: warm-up as a fraction of all steps.
         output_dir: where the merged policy is saved (default ``<run_dir>/policy``).
+        gradient_checkpointing: recompute activations in the backward pass (less memory, slower;
+            the reference enables it).
+        save_dtype: dtype of the saved policy (float32, bfloat16, float16; null: as trained). The
+            reference saves its merged models in half precision.
     """
 
     def __init__(
         self,
         model: str = "smollm2-135m-instruct",
+        dtype: str = "float32",
         lora_r: int = 64,
         lora_alpha: float = 128.0,
         lora_dropout: float = 0.0,
@@ -113,6 +139,8 @@ class PolicySFTModule(pl.LightningModule):
         schedule: str = "linear",
         warmup_ratio: float = 0.0,
         output_dir: str | None = None,
+        gradient_checkpointing: bool = False,
+        save_dtype: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -122,7 +150,14 @@ class PolicySFTModule(pl.LightningModule):
         self.schedule = schedule
         self.warmup_ratio = warmup_ratio
         self.output_dir = output_dir
-        policy, self.tokenizer = load_model_and_tokenizer(model)
+        if save_dtype is not None and save_dtype not in DTYPES:
+            raise ValueError(f"save_dtype must be one of {sorted(DTYPES)} or null, got {save_dtype!r}")
+        self.save_dtype = save_dtype
+        self.losses: list[tuple[int, float]] = []
+        policy, self.tokenizer = load_model_and_tokenizer(model, dtype)
+        if gradient_checkpointing:
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            policy.config.use_cache = False
         if lora_r > 0:
             from peft import LoraConfig, get_peft_model
 
@@ -138,6 +173,7 @@ class PolicySFTModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.policy(**batch).loss
         self.log("sft/loss", loss, prog_bar=True, on_step=True, batch_size=batch["input_ids"].size(0))
+        self.losses.append((self.global_step, float(loss.detach())))
         return loss
 
     def configure_optimizers(self):
@@ -158,7 +194,17 @@ class PolicySFTModule(pl.LightningModule):
         policy = self.policy
         if hasattr(policy, "merge_and_unload"):
             policy = policy.merge_and_unload()
+        if self.save_dtype is not None:
+            policy = policy.to(DTYPES[self.save_dtype])
         policy.save_pretrained(target, safe_serialization=True)
         self.tokenizer.save_pretrained(target)
-        (target / "seal_policy.json").write_text(json.dumps({"trained_from": self.model_name}, indent=2) + "\n")
+        info = {
+            "trained_from": self.model_name,
+            "n_examples": len(getattr(self.trainer.datamodule, "rows", [])),
+            "optimizer_steps": self.global_step,
+            "batches_rank0": len(self.losses),
+            "final_loss": self.losses[-1][1] if self.losses else None,
+            "losses": [{"step": step, "loss": loss} for step, loss in self.losses],
+        }
+        write_json(target / POLICY_MARKER, info)
         rank_zero_info(f"Saved the merged policy to {target}")

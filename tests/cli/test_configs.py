@@ -18,7 +18,18 @@ DEMO = ROOT / "configs/knowledge/demo.yaml"
 def _is_overlay(config: Path) -> bool:
     """A partial config (e.g. a grader) meant to be composed after a full one."""
     return "data" not in (yaml.safe_load(config.read_text(encoding="utf-8")) or {})
+
+
 TRAINER_CONFIGS = [c for c in CONFIGS if "trainer" in c.parts]
+
+
+def _is_restem(config: Path) -> bool:
+    """A ``seal restem`` config: stage sections (estep, sft, eval) instead of model/data."""
+    return "estep" in (yaml.safe_load(config.read_text(encoding="utf-8")) or {})
+
+
+RESTEM_CONFIGS = [c for c in TASK_CONFIGS if _is_restem(c)]
+TASK_CONFIGS = [c for c in TASK_CONFIGS if not _is_restem(c)]
 
 
 def test_configs_exist():
@@ -45,6 +56,20 @@ def test_task_config_parses(config: Path, capsys):
     assert printed["data"]["class_path"].startswith("seal_pl.")
 
 
+@pytest.mark.parametrize("config", RESTEM_CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_restem_config_parses(config: Path, capsys):
+    from seal_pl.restem.runner import run_from_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["restem", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    for stage in ("estep", "sft", "eval"):
+        assert printed[stage]["model"]["class_path"].startswith("seal_pl.")
+        assert printed[stage]["data"]["class_path"].startswith("seal_pl.")
+    run_from_args(["--config", str(config)]).check()  # every stage parses as its `seal` subcommand
+
+
 @pytest.mark.parametrize("config", TRAINER_CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_trainer_config_composes(config: Path, capsys):
     with pytest.raises(SystemExit):
@@ -59,5 +84,5 @@ def test_help_lists_subcommands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for word in ("fit", "validate", "test", "predict"):
+    for word in ("fit", "validate", "test", "predict", "seal restem"):
         assert word in out

@@ -1,0 +1,633 @@
+"""``seal restem``: the ReST-EM outer loop of SEAL, round after round, resumable.
+
+One round (spec 1.10 and 2.8):
+
+1. **E-step, sample and score** (``seal predict``): the current policy writes K self-edits per
+   context (a passage, an ARC task); each goes through the shared inner loop and gets its reward
+   (knowledge: adapted closed-book accuracy averaged over T inner-loop seeds; ARC: 1 iff the task
+   is solved after TTT with that self-edit). The E-step module appends one record per self-edit as
+   each context finishes; the runner merges them into ``round_<k>/self_edits.jsonl``.
+2. **Filter**: best-of-K per passage (optionally only with a minimum gain) or every ARC success,
+   written to ``round_<k>/sft.jsonl``, with reward statistics in ``filter.json``.
+3. **M-step** (``seal fit``): :class:`~seal_pl.lightning.PolicySFTModule` fine-tunes the policy on
+   the kept (prompt, completion) pairs and saves the merged model to ``round_<k>/policy``: the
+   policy and the learner of the next round. With nothing kept the policy stays as it was.
+4. **Evaluation** (``seal test``): the round's policy on held-out contexts.
+
+Each stage is an ordinary ``seal`` run whose config the runner writes (``round_<k>/<stage>.yaml``:
+the stage section of the ``seal restem`` config with this round's model and paths filled in), so
+any stage can be re-run alone: ``seal predict --config round_0/estep.yaml --run_dir round_0/estep``.
+Stages run in this process when their trainer uses one device, and as their own ``seal`` command
+(``python -m seal_pl ...``) when it asks for several processes (DDP), so Lightning launches and
+shards them as it does for any ``seal`` run; the runner itself is one process on one machine.
+
+Resume: re-running the same command skips finished rounds (``round_<k>/summary.json``) without
+touching them, skips finished steps of the current round, and inside a stage the modules skip
+finished contexts. An interrupted M-step is trained again from the start. A run directory holding
+a run with a different configuration is refused (the number of rounds, the launcher and the
+trainers' hardware options may change: re-run with more ``--rounds`` to extend a run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from seal_pl.pipelines.restem import arc_self_edits, knowledge_self_edits, reward_statistics, select
+from seal_pl.records import read_all, read_records, rewrite_records, write_json
+from seal_pl.restem.layout import (
+    STAGE_COMMANDS,
+    RoundLayout,
+    headline,
+    heldout_metrics,
+    input_policy,
+    is_multiprocess,
+    read_json,
+    run_results,
+    semantic_config,
+    stage_config,
+)
+
+EVAL_TRAINER_DEFAULTS = {"inference_mode": False, "enable_checkpointing": False}
+"""E-step and evaluation train adapters inside their steps: no inference mode, no checkpoints."""
+
+SFT_TRAINER_DEFAULTS = {"enable_checkpointing": False, "log_every_n_steps": 1}
+"""The policy is saved by the SFT module itself; every step's loss goes to TensorBoard."""
+
+TEXT_SAMPLES = 3
+"""Self-edits shown as text in TensorBoard per round (the best-rewarded ones)."""
+
+
+class ReSTEMConfigError(ValueError):
+    """A ``seal restem`` config that cannot run (or a run directory made with another config)."""
+
+
+@dataclass
+class StageConfig:
+    """One stage of a round: the ``model``/``data``/``trainer`` sections of a ``seal`` config.
+
+    Args:
+        model: the LightningModule section (``class_path`` + ``init_args``). Its ``model`` init
+            argument is set by the runner every round (the base model in round 0, the previous
+            round's policy afterwards); so are the SFT module's ``output_dir`` and the SFT data
+            module's ``path``.
+        data: the data module section (``class_path`` + ``init_args``).
+        trainer: Trainer options of this stage; they override the run's shared ``trainer``.
+    """
+
+    model: dict[str, Any]
+    data: dict[str, Any]
+    trainer: dict[str, Any] = field(default_factory=dict)
+
+
+def _stage(value: StageConfig | dict[str, Any] | None) -> StageConfig | None:
+    if value is None or isinstance(value, StageConfig):
+        return value
+    return StageConfig(model=value.get("model") or {}, data=value.get("data") or {}, trainer=value.get("trainer") or {})
+
+
+def _resolve_class(class_path: str) -> type:
+    if "." not in class_path:
+        import seal_pl.lightning
+
+        return getattr(seal_pl.lightning, class_path)
+    module, name = class_path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+def domain_of(model_section: dict[str, Any]) -> str:
+    """``knowledge`` or ``arc``, from the E-step module's class."""
+    from seal_pl.lightning.arc import ARCTTTModule
+    from seal_pl.lightning.knowledge import KnowledgeIncorporationModule
+
+    cls = _resolve_class(model_section["class_path"])
+    if issubclass(cls, KnowledgeIncorporationModule):
+        return "knowledge"
+    if issubclass(cls, ARCTTTModule):
+        return "arc"
+    raise ReSTEMConfigError(
+        f"estep.model must be a KnowledgeIncorporationModule or an ARCTTTModule, got {model_section['class_path']}"
+    )
+
+
+class ReSTEMRun:
+    """The ReST-EM outer loop: ``rounds`` rounds of E-step, filter, M-step and evaluation.
+
+    Args:
+        estep: E-step: sample K self-edits per context with the current policy and score each
+            (``seal predict``). Knowledge: ``KnowledgeIncorporationModule`` with the
+            ``self_edit`` condition, ``n_self_edits`` K and ``inner_seeds`` T (reference: K 5,
+            T 3 on 50 training passages; keep ``no_adaptation`` in ``conditions`` for the gain);
+            ARC: ``ARCTTTModule`` in ``mode: self_edit`` (reference: 15 self-edits per task).
+        sft: M-step: ``PolicySFTModule`` + ``SFTDataModule`` (``seal fit``; set
+            ``trainer.max_epochs``). Reference knowledge: LoRA r 64 / alpha 128 on all
+            projections, lr 3e-4, 2 epochs, effective batch 10; ARC: r 16 / alpha 16, lr 5e-5,
+            8 epochs, batch 5.
+        eval: held-out evaluation after every round (``seal test``; left out, or
+            ``--eval.model null --eval.data null`` on the command line: none). Knowledge: the
+            table (no_adaptation, passage_only, self_edit) on validation passages; ARC: the
+            success rate of sampled self-edits on evaluation tasks.
+        model: the base model: policy and learner of round 0.
+        rounds: ReST-EM rounds (reference: 2 for knowledge, 1 for ARC). Re-running a finished
+            run with more rounds continues it.
+        run_dir: the run directory (default ``runs/restem-<timestamp>``); re-using it resumes.
+        trainer: Trainer options shared by every stage (accelerator, devices, strategy, ...).
+        seed_everything: seed of every stage.
+        top_k: knowledge: self-edits kept per passage (reference: 1, best-of-K).
+        min_gain: knowledge: keep a passage's best self-edit only if its reward beats the
+            un-adapted accuracy by at least this much (reference: null, the best is always kept).
+        evaluate_base: also evaluate the base model (``base/``) before round 0.
+        estep_start_stride: round ``k`` reads its E-step contexts from ``data.init_args.start +
+            k * estep_start_stride`` (fresh passages every round); 0 uses the same every round.
+        launcher: how stages run: ``inprocess``, ``subprocess`` (a ``python -m seal_pl`` command
+            per stage), or ``auto``: a subprocess when the stage's trainer asks for more than one
+            process (DDP), in this process otherwise.
+    """
+
+    def __init__(
+        self,
+        estep: StageConfig | dict[str, Any],
+        sft: StageConfig | dict[str, Any],
+        eval: StageConfig | dict[str, Any] | None = None,
+        model: str = "smollm2-135m-instruct",
+        rounds: int = 1,
+        run_dir: str | None = None,
+        trainer: dict[str, Any] | None = None,
+        seed_everything: int = 0,
+        top_k: int = 1,
+        min_gain: float | None = None,
+        evaluate_base: bool = True,
+        estep_start_stride: int = 0,
+        launcher: Literal["auto", "inprocess", "subprocess"] = "auto",
+    ):
+        if rounds < 0:
+            raise ReSTEMConfigError("rounds must be >= 0")
+        if top_k < 1:
+            raise ReSTEMConfigError("top_k must be >= 1")
+        if launcher not in ("auto", "inprocess", "subprocess"):
+            raise ReSTEMConfigError(f"unknown launcher {launcher!r}")
+        self.estep = _stage(estep)
+        self.sft = _stage(sft)
+        self.eval = _stage(eval)
+        self.model = model
+        self.rounds = rounds
+        self.run_dir = Path(run_dir or f"runs/restem-{time.strftime('%Y%m%d-%H%M%S')}")
+        self.trainer = dict(trainer or {})
+        self.seed_everything = seed_everything
+        self.top_k = top_k
+        self.min_gain = min_gain
+        self.evaluate_base = evaluate_base
+        self.estep_start_stride = estep_start_stride
+        self.launcher = launcher
+        self.domain = domain_of(self.estep.model)
+        self._check_sections()
+        self._writer = None
+
+    # ------------------------------------------------------------------------------ config
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run's config as plain data (what ``config.yaml`` holds)."""
+        return {
+            "model": self.model,
+            "rounds": self.rounds,
+            "run_dir": str(self.run_dir),
+            "trainer": self.trainer,
+            "seed_everything": self.seed_everything,
+            "top_k": self.top_k,
+            "min_gain": self.min_gain,
+            "evaluate_base": self.evaluate_base,
+            "estep_start_stride": self.estep_start_stride,
+            "launcher": self.launcher,
+            "estep": asdict(self.estep),
+            "sft": asdict(self.sft),
+            "eval": None if self.eval is None else asdict(self.eval),
+        }
+
+    def _check_sections(self) -> None:
+        from seal_pl.lightning.policy_sft import PolicySFTModule
+
+        init = self.estep.model.get("init_args") or {}
+        if self.domain == "knowledge":
+            conditions = init.get("conditions")
+            if conditions is not None and "self_edit" not in conditions:
+                raise ReSTEMConfigError("estep: the knowledge module needs the self_edit condition")
+        elif init.get("mode") != "self_edit":
+            raise ReSTEMConfigError("estep: the ARC module must run in mode: self_edit")
+        if self.min_gain is not None and self.domain != "knowledge":
+            raise ReSTEMConfigError("min_gain applies to the knowledge domain only")
+        if not issubclass(_resolve_class(self.sft.model["class_path"]), PolicySFTModule):
+            raise ReSTEMConfigError("sft.model must be a PolicySFTModule")
+        sft_trainer = {**self.trainer, **self.sft.trainer}
+        if sft_trainer.get("max_epochs") is None and sft_trainer.get("max_steps") in (None, -1):
+            raise ReSTEMConfigError("set sft.trainer.max_epochs (or max_steps): Lightning's default is 1000 epochs")
+        if self.eval is not None and domain_of(self.eval.model) != self.domain:
+            raise ReSTEMConfigError("eval.model must be of the same domain as estep.model")
+
+    def stage_configs(self, index: int | None, policy: str) -> dict[str, dict[str, Any]]:
+        """The ``seal`` configs of every stage of round ``index`` (``None``: the base evaluation)."""
+        layout = RoundLayout.of(self.run_dir, index)
+        common = {"shared_trainer": self.trainer, "seed": self.seed_everything}
+        configs = {}
+        if index is not None:
+            data_args = {}
+            if self.estep_start_stride:
+                start = (self.estep.data.get("init_args") or {}).get("start") or 0
+                data_args["start"] = start + index * self.estep_start_stride
+            configs["estep"] = stage_config(
+                asdict(self.estep),
+                trainer_defaults=EVAL_TRAINER_DEFAULTS,
+                model_args={"model": policy},
+                data_args=data_args,
+                **common,
+            )
+            configs["sft"] = stage_config(
+                asdict(self.sft),
+                trainer_defaults=SFT_TRAINER_DEFAULTS,
+                model_args={"model": policy, "output_dir": str(layout.policy)},
+                data_args={"path": str(layout.sft_set)},
+                **common,
+            )
+        if self.eval is not None:
+            configs["eval"] = stage_config(
+                asdict(self.eval), trainer_defaults=EVAL_TRAINER_DEFAULTS, model_args={"model": policy}, **common
+            )
+        return configs
+
+    def check(self) -> None:
+        """Parse round 0's stage configs with their ``seal`` subcommands (nothing is instantiated)."""
+        for stage, config in self.stage_configs(0, self.model).items():
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"{stage}.yaml"
+                path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+                out = io.StringIO()
+                try:
+                    with contextlib.redirect_stdout(out):
+                        _seal([STAGE_COMMANDS[stage], "--config", str(path), "--print_config"])
+                except SystemExit as exit_info:
+                    if exit_info.code not in (0, None):
+                        raise ReSTEMConfigError(
+                            f"the {stage} section is not a valid `seal {STAGE_COMMANDS[stage]}` config "
+                            "(see the error above)"
+                        ) from None
+
+    def _prepare(self) -> None:
+        saved = self.run_dir / "config.yaml"
+        current = self.config
+        if saved.is_file():
+            previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+            if semantic_config(previous) != semantic_config(current):
+                raise ReSTEMConfigError(
+                    f"{self.run_dir} holds a ReST-EM run made with a different configuration (see {saved}). "
+                    "Choose a new --run_dir, or delete that directory to start over."
+                )
+        self.check()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _write_text(saved, yaml.safe_dump(current, sort_keys=False))
+
+    # ------------------------------------------------------------------------------- run
+    def run(self) -> dict[str, Any]:
+        """Run (or resume) every round; returns ``results.json``."""
+        self._prepare()
+        try:
+            if self.eval is not None and self.evaluate_base:
+                self._base_evaluation()
+            for index in range(self.rounds):
+                if RoundLayout.of(self.run_dir, index).done:
+                    print(f"[restem] round {index}: finished earlier, skipped")
+                    continue
+                self._round(index)
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+        results = run_results(self.run_dir)
+        write_json(self.run_dir / "results.json", results)
+        print("\n" + format_rounds(results) + f"\n\nresults: {self.run_dir / 'results.json'}")
+        return results
+
+    def _base_evaluation(self) -> None:
+        layout = RoundLayout.of(self.run_dir, None)
+        if layout.done:
+            return
+        heldout = self._evaluate(layout, self.stage_configs(None, self.model)["eval"])
+        self._log_heldout(0, heldout)
+        write_json(layout.summary, {"model": self.model, "eval": heldout})
+
+    def _round(self, index: int) -> None:
+        layout = RoundLayout.of(self.run_dir, index)
+        started = time.perf_counter()
+        policy_in = input_policy(self.run_dir, index, self.model)
+        configs = self.stage_configs(index, policy_in)
+        print(f"[restem] round {index}: policy {policy_in}")
+
+        records = self._estep(layout, configs["estep"])
+        kept, stats = self._filter(layout, records)
+        print(
+            f"[restem] round {index}: kept {stats['kept']} of {stats['n']} self-edits "
+            f"({stats['contexts_kept']} of {stats['contexts']} contexts)"
+        )
+        sft = self._mstep(layout, configs["sft"], kept)
+        policy_out = str(layout.policy) if sft is not None else policy_in
+        heldout = None
+        if self.eval is not None:
+            eval_config = self.stage_configs(index, policy_out)["eval"]
+            heldout = self._evaluate(layout, eval_config)
+        summary = {
+            "round": index,
+            "domain": self.domain,
+            "policy_in": policy_in,
+            "policy_out": policy_out,
+            "estep": stats,
+            "sft": _sft_summary(sft),
+            "eval": heldout,
+            "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
+        }
+        self._log_round(index, records, kept, stats, sft, heldout)
+        write_json(layout.summary, summary)
+        write_json(self.run_dir / "results.json", run_results(self.run_dir))
+
+    # ------------------------------------------------------------------------------ steps
+    def _estep(self, layout: RoundLayout, config: dict[str, Any]) -> list[dict]:
+        if not layout.self_edits.is_file():
+            self._run_stage("estep", layout, config)
+            stage_dir = layout.stage_dir("estep")
+            if self.domain == "knowledge":
+                records = knowledge_self_edits(read_all(stage_dir / "self_edits.rank*.jsonl"))
+            else:
+                records = arc_self_edits(
+                    read_all(stage_dir / "edits.rank*.jsonl"), read_all(stage_dir / "self_edits.rank*.jsonl")
+                )
+            rewrite_records(layout.self_edits, records)
+        return list(read_records(layout.self_edits))
+
+    def _filter(self, layout: RoundLayout, records: list[dict]) -> tuple[list[dict], dict[str, Any]]:
+        if not layout.filter_stats.is_file():
+            kept = select(self.domain, records, top_k=self.top_k, min_gain=self.min_gain)
+            stats = reward_statistics(records, kept)
+            stats["contexts"] = len({r["context_id"] for r in records})
+            stats["contexts_kept"] = len({r["context_id"] for r in kept})
+            stats["rule"] = (
+                f"best {self.top_k} of K per passage" + ("" if self.min_gain is None else f", gain >= {self.min_gain}")
+                if self.domain == "knowledge"
+                else "every solved (task, self-edit) pair"
+            )
+            rewrite_records(layout.sft_set, kept)
+            write_json(layout.filter_stats, stats)
+        return list(read_records(layout.sft_set)), read_json(layout.filter_stats)
+
+    def _mstep(self, layout: RoundLayout, config: dict[str, Any], kept: list[dict]) -> dict[str, Any] | None:
+        """Train the policy on the kept pairs; ``None`` when nothing was kept (the policy stays)."""
+        if not kept:
+            print(f"[restem] {layout.root.name}: nothing kept, the policy is not trained this round")
+            return None
+        if not layout.policy_marker.is_file():
+            # An interrupted M-step starts over: drop its partial outputs first.
+            for stale in (layout.stage_dir("sft"), layout.policy):
+                if stale.exists():
+                    shutil.rmtree(stale)
+            self._run_stage("sft", layout, config)
+            if not layout.policy_marker.is_file():
+                raise RuntimeError(f"the M-step finished without saving the policy ({layout.policy_marker})")
+        return read_json(layout.policy_marker)
+
+    def _evaluate(self, layout: RoundLayout, config: dict[str, Any]) -> dict[str, Any]:
+        self._run_stage("eval", layout, config)
+        results_path = layout.stage_dir("eval") / "results.json"
+        results = read_json(results_path)
+        metrics = heldout_metrics(self.domain, results)
+        return {
+            "model": config["model"]["init_args"]["model"],
+            "metrics": metrics,
+            "headline": headline(self.domain, metrics),
+            "results": str(results_path),
+        }
+
+    # ---------------------------------------------------------------------------- stages
+    def _run_stage(self, stage: str, layout: RoundLayout, config: dict[str, Any]) -> None:
+        path = layout.stage_config(stage)
+        _write_text(path, yaml.safe_dump(config, sort_keys=False))
+        argv = [STAGE_COMMANDS[stage], "--config", str(path), "--run_dir", str(layout.stage_dir(stage))]
+        separate = self.launcher == "subprocess" or (self.launcher == "auto" and is_multiprocess(config["trainer"]))
+        print(f"[restem] {layout.root.name}/{stage}: seal {' '.join(argv)}" + (" (subprocess)" if separate else ""))
+        if separate:
+            _run_command([sys.executable, "-m", "seal_pl", *argv])
+            return
+        _seal(argv)
+        gc.collect()
+        with contextlib.suppress(Exception):
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    # --------------------------------------------------------------------------- logging
+    @property
+    def writer(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        return self._writer
+
+    def _log_heldout(self, step: int, heldout: dict[str, Any] | None) -> None:
+        """Held-out metrics at ``step`` = rounds finished (0: the base model)."""
+        if heldout is None:
+            return
+        for name, value in heldout["metrics"].items():
+            if value is not None:
+                self.writer.add_scalar(f"heldout/{name}", value, step)
+        self.writer.flush()
+
+    def _log_round(
+        self,
+        index: int,
+        records: list[dict],
+        kept: list[dict],
+        stats: dict[str, Any],
+        sft: dict[str, Any] | None,
+        heldout: dict[str, Any] | None,
+    ) -> None:
+        writer = self.writer
+        rewards = [float(r["reward"]) for r in records if r.get("reward") is not None]
+        if rewards:
+            import numpy as np
+
+            writer.add_scalar("estep/reward_mean", stats["mean"], index)
+            writer.add_scalar("estep/reward_max", stats["max"], index)
+            writer.add_scalar("estep/reward_min", stats["min"], index)
+            writer.add_histogram("estep/reward", np.asarray(rewards), index, bins=np.linspace(0.0, 1.0, 11))
+        writer.add_scalar("filter/kept_fraction", stats["kept_fraction"], index)
+        writer.add_scalar("filter/kept", stats["kept"], index)
+        if sft is not None:
+            for point in sft.get("losses", []):
+                writer.add_scalar(f"sft/loss_round_{index}", point["loss"], point["step"])
+            if sft.get("final_loss") is not None:
+                writer.add_scalar("sft/final_loss", sft["final_loss"], index)
+        best = sorted(records, key=lambda r: -float(r["reward"] if r.get("reward") is not None else -1))
+        text = "\n\n".join(
+            f"**{r['id']}** reward {r['reward']}"
+            + (f", gain {r['gain']:+.3f}" if r.get("gain") is not None else "")
+            + f"\n\n```\n{r['completion']}\n```"
+            for r in best[:TEXT_SAMPLES]
+        )
+        if text:
+            writer.add_text("estep/self_edits", text, index)
+        self._log_heldout(index + 1, heldout)
+
+
+def _seal(argv: list[str]) -> None:
+    """Run a ``seal`` command in this process."""
+    from seal_pl.cli import main as seal_main
+
+    with warnings.catch_warnings():
+        # LightningCLI warns when it gets args while sys.argv holds the `seal restem` command line.
+        warnings.filterwarnings("ignore", message=r".*args parameter is intended to run from within Python.*")
+        seal_main(argv)
+
+
+def _sft_summary(info: dict[str, Any] | None) -> dict[str, Any]:
+    if info is None:
+        return {"trained": False, "reason": "nothing kept"}
+    return {"trained": True, **{k: v for k, v in info.items() if k != "losses"}}
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _raise_exit(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _run_command(command: list[str]) -> None:
+    """Run a stage command; if the runner is interrupted (Ctrl-C, SIGTERM) the stage is stopped too."""
+    previous = signal.signal(signal.SIGTERM, _raise_exit) if _main_thread() else None
+    process = subprocess.Popen(command)
+    try:
+        code = process.wait()
+    except BaseException:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if code != 0:
+        raise RuntimeError(f"stage command failed with exit code {code}: {' '.join(command)}")
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def format_rounds(results: dict[str, Any]) -> str:
+    """One line per round: rewards, kept, held-out headline metric."""
+    lines = [f"{'round':<6} {'reward mean':>11} {'max':>6} {'kept':>10} {'sft loss':>9} {'held-out':>9}"]
+
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.1f}%"
+
+    if results.get("base"):
+        lines.append(f"{'base':<6} {'':>11} {'':>6} {'':>10} {'':>9} {pct(results['base']['eval']['headline']):>9}")
+    for summary in results["rounds"]:
+        stats = summary["estep"]
+        loss = summary["sft"].get("final_loss")
+        lines.append(
+            f"{summary['round']:<6} {pct(stats.get('mean')):>11} {pct(stats.get('max')):>6} "
+            f"{str(stats['kept']) + '/' + str(stats['n']):>10} {'-' if loss is None else f'{loss:.3f}':>9} "
+            f"{pct((summary['eval'] or {}).get('headline')):>9}"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- command
+STAGE_SECTIONS = {"estep": True, "sft": True, "eval": False}
+"""Stage sections of the config and whether they are required."""
+
+STAGE_HELP = {
+    "estep": "E-step (seal predict): sample K self-edits per context with the current policy and score each.",
+    "sft": "M-step (seal fit): PolicySFTModule + SFTDataModule on the kept pairs; set trainer.max_epochs.",
+    "eval": "Held-out evaluation (seal test) after every round; leave out (or set model and data to null) for none.",
+}
+
+
+def build_parser():
+    """The ``seal restem`` parser: :class:`ReSTEMRun`'s arguments, stage sections typed by class."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    import seal_pl.lightning  # noqa: F401  (short class names in configs)
+
+    parser = ArgumentParser(
+        prog="seal restem",
+        description="ReST-EM outer loop of SEAL: E-step (sample + score self-edits), filter, M-step (SFT of "
+        "the policy), held-out evaluation, for N rounds. Re-running the same command resumes.",
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML config (several compose left to right).")
+    parser.add_class_arguments(ReSTEMRun, None, skip=set(STAGE_SECTIONS), fail_untyped=True, sub_configs=True)
+    for name, required in STAGE_SECTIONS.items():
+        note = " The runner sets its model (and the SFT paths) every round."
+        parser.add_subclass_arguments(
+            LightningModule, f"{name}.model", required=required, fail_untyped=False, help=STAGE_HELP[name] + note
+        )
+        parser.add_subclass_arguments(
+            LightningDataModule,
+            f"{name}.data",
+            required=required,
+            fail_untyped=False,
+            help=f"Data of the {name} stage.",
+        )
+        parser.add_argument(
+            f"--{name}.trainer", type=dict[str, Any], default={}, help=f"Trainer options of the {name} stage."
+        )
+    parser.set_defaults(
+        {
+            "sft.model": {"class_path": "seal_pl.lightning.PolicySFTModule"},
+            "sft.data": {"class_path": "seal_pl.lightning.SFTDataModule"},
+        }
+    )
+    return parser
+
+
+def run_from_args(args: list[str]) -> ReSTEMRun:
+    """Parse ``seal restem`` arguments into a :class:`ReSTEMRun` (nothing runs yet)."""
+    parser = build_parser()
+    config = parser.parse_args(args).as_dict()
+    config.pop("config", None)
+    stages = {}
+    for name in STAGE_SECTIONS:
+        section = config.pop(name)
+        if name == "eval" and section.get("model") is None and section.get("data") is None:
+            stages[name] = None
+            continue
+        if section.get("model") is None or section.get("data") is None:
+            parser.error(f"{name} needs both a model and a data section")
+        stages[name] = StageConfig(model=section["model"], data=section["data"], trainer=section.get("trainer") or {})
+    return ReSTEMRun(**stages, **config)
+
+
+def main(args: list[str] | None = None) -> dict[str, Any]:
+    """``seal restem --config ... [--run_dir DIR] [--key value ...]``."""
+    return run_from_args(sys.argv[1:] if args is None else args).run()
