@@ -1,0 +1,459 @@
+"""Multi-passage continued pretraining (CPT) under Lightning: ``seal fit``, DDP-able.
+
+``seal fit --config configs/knowledge/cpt_demo.yaml`` trains :class:`ContinuedPretrainingModule`
+on the pooled training texts of the N passages of :class:`CPTDataModule` (K self-edits each, or the
+passages alone with K = 0), with one LoRA adapter (paper v1) or full fine-tuning (paper v2), and
+reports closed-book accuracy on all their questions before and after. The stages:
+
+1. ``setup``: load the model; get K self-edits per passage: read from ``self_edits_path`` or
+   written by the model (passages in fixed chunks, the chunks shared out across processes, each
+   process appending to ``self_edits.rank<r>.jsonl``). Rank 0 merges them into ``self_edits.jsonl``
+   (the handover file: ``{"passage_id", "completion"}`` lines, the format every ``self_edits_path``
+   reads) and writes the pooled texts to ``train_sequences.jsonl``;
+2. ``on_fit_start``: the baseline answers (questions shared out across processes, records in
+   ``eval.rank<r>.jsonl``);
+3. training: Lightning's loop over the pooled texts (``DistributedSampler`` under DDP, gradient
+   accumulation, clipping and precision from the trainer config), loss curve in TensorBoard;
+4. ``on_fit_end``: the adapted answers, then rank 0 writes ``predictions.jsonl`` and
+   ``results.json`` (baseline, adapted, gain, per-passage slices, the reference's numbers).
+
+Resume: every stage keeps its records, so re-running the same command skips finished self-edits
+and answers, and training continues from ``last.ckpt`` (the shipped configs set ``ckpt_path: last``
+and a ``ModelCheckpoint`` with ``save_last``; with LoRA the checkpoint holds only the adapter).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+
+from seal_pl.generation.base import GeneratorBackend
+from seal_pl.generation.hf import HFGenerator
+from seal_pl.inner.lora import AdapterBank, LoRASpec
+from seal_pl.inner.sequences import TrainSequence, collate, tokenize_sequence
+from seal_pl.inner.trainer import _lr_lambda
+from seal_pl.knowledge.data import Passage, load_passages, load_self_edits, select_passages
+from seal_pl.knowledge.grading import ContainsGrader, Grader
+from seal_pl.lightning.base import InnerLoopModule
+from seal_pl.models.loading import load_model_and_tokenizer
+from seal_pl.pipelines.cpt import (
+    REFERENCE,
+    chunks,
+    format_cpt,
+    pooled_training_texts,
+    select_eval_questions,
+    shard,
+    summarize_cpt,
+)
+from seal_pl.pipelines.knowledge import KnowledgeIncorporation, KnowledgeSettings
+from seal_pl.records import append_record, read_all, rewrite_records, write_json
+
+
+class CPTDataModule(pl.LightningDataModule):
+    """The N passages, where their self-edits come from, which questions are asked, and batching.
+
+    Args:
+        path: SQuAD-format passage file (see ``KnowledgeDataModule``).
+        seed: seed of the subset shuffle (reference: 42); null keeps file order.
+        start: first passage of the shuffled list.
+        limit: N, how many passages (reference: 200; null = all).
+        k_completions: self-edits per passage, K (reference: 5); 0 trains on the passages alone.
+        self_edits_path: optional file of self-edits written elsewhere (e.g. a stronger model's;
+            same formats as ``KnowledgeDataModule.self_edits_path``); its first K per passage are
+            used. Without it the model being trained writes them.
+        eval_question_limit: evaluate a seeded random subset of this many questions (null = all).
+        eval_question_seed: seed of that subset.
+        batch_size: training texts per device per step (reference: 4; under DDP the effective batch
+            is ``batch_size * devices * accumulate_grad_batches``).
+        padding: ``dynamic`` (pad to the longest text of the batch) or ``max_length`` (to ``pad_to``).
+        pad_to: width of ``max_length`` padding (reference: 2048).
+        loss_on_padding: keep pad tokens in the loss (reference quirk, with ``max_length`` padding).
+        max_length: truncate training texts to this many tokens.
+        shuffle: reshuffle the texts every epoch.
+    """
+
+    def __init__(
+        self,
+        path: str = "data/knowledge/val.json",
+        seed: int | None = 42,
+        start: int = 0,
+        limit: int | None = None,
+        k_completions: int = 1,
+        self_edits_path: str | None = None,
+        eval_question_limit: int | None = None,
+        eval_question_seed: int = 42,
+        batch_size: int = 4,
+        padding: str = "dynamic",
+        pad_to: int = 2048,
+        loss_on_padding: bool = False,
+        max_length: int = 2048,
+        shuffle: bool = True,
+    ):
+        super().__init__()
+        if k_completions < 0:
+            raise ValueError(f"k_completions must be >= 0, got {k_completions}")
+        if padding not in ("dynamic", "max_length"):
+            raise ValueError(f"padding must be 'dynamic' or 'max_length', got {padding!r}")
+        self.path = path
+        self.seed = seed
+        self.start = start
+        self.limit = limit
+        self.k_completions = k_completions
+        self.self_edits_path = self_edits_path
+        self.eval_question_limit = eval_question_limit
+        self.eval_question_seed = eval_question_seed
+        self.batch_size = batch_size
+        self.padding = padding
+        self.pad_to = pad_to
+        self.loss_on_padding = loss_on_padding
+        self.max_length = max_length
+        self.shuffle = shuffle
+        self.passages: list[Passage] = []
+        self.eval_passages: list[Passage] = []
+        self.external: dict[str, list[str]] = {}
+
+    def setup(self, stage: str) -> None:
+        self.passages = select_passages(load_passages(self.path), seed=self.seed, start=self.start, limit=self.limit)
+        self.eval_passages = select_eval_questions(self.passages, self.eval_question_limit, self.eval_question_seed)
+        if self.self_edits_path and self.k_completions > 0:
+            self.external = load_self_edits(self.self_edits_path)
+            short = [p.id for p in self.passages if len(self.external.get(p.id, [])) < self.k_completions]
+            if short:
+                raise ValueError(
+                    f"{self.self_edits_path}: fewer than {self.k_completions} self-edits for passage ids "
+                    f"{short[:5]}{' ...' if len(short) > 5 else ''}"
+                )
+
+    def train_dataloader(self) -> DataLoader:
+        module = self.trainer.lightning_module
+        tokenizer = module.tokenizer
+        rows = [
+            tokenize_sequence(tokenizer, sequence, loss_on=module.loss_on, max_length=self.max_length)
+            for sequence in module.train_sequences
+        ]
+        return DataLoader(
+            rows,
+            batch_size=self.batch_size,
+            shuffle=self.shuffle,
+            collate_fn=partial(
+                collate,
+                pad_token_id=tokenizer.pad_token_id,
+                padding=self.padding,
+                pad_to=self.pad_to,
+                loss_on_padding=self.loss_on_padding,
+            ),
+        )
+
+
+class ContinuedPretrainingModule(pl.LightningModule):
+    """Continued pretraining on the pooled self-edits of N passages (``seal fit``), with evaluation.
+
+    Args:
+        model: model name or path (``smollm2-135m-instruct``, a HF folder, a .gguf file, a hub name).
+        dtype: weights dtype (float32 or bfloat16; mixed precision comes from ``trainer.precision``).
+        protocol: ``lora`` (one adapter, paper v1) or ``full`` (full fine-tuning, paper v2).
+        lora: adapter shape for ``lora`` (reference: r=32, alpha=64 on q_proj and v_proj).
+        lr: peak learning rate (reference LoRA: 1e-3; 1e-4 for passage only).
+        weight_decay: AdamW weight decay.
+        schedule: ``linear`` (decay to 0, the reference), ``cosine`` or ``constant``.
+        warmup_ratio: warm-up as a fraction of all optimizer steps.
+        settings: self-edit prompt and sampling, sequence splitting (reference CPT: no
+            ``split_newlines``), answering.
+        generator: generation backend (default: Hugging Face generate).
+        grader: answer grader (default: gold answer contained in the prediction).
+        seed: self-edit sampling seed; passage chunk ``c`` samples with ``seed + c``.
+        self_edit_batch: passages per self-edit generation call (fixed chunks of the passage list,
+            so the self-edits do not depend on the number of processes).
+    """
+
+    def __init__(
+        self,
+        model: str = "smollm2-135m-instruct",
+        dtype: str = "float32",
+        protocol: Literal["lora", "full"] = "lora",
+        lora: LoRASpec | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        schedule: str = "linear",
+        warmup_ratio: float = 0.0,
+        settings: KnowledgeSettings | None = None,
+        generator: GeneratorBackend | None = None,
+        grader: Grader | None = None,
+        seed: int = 0,
+        self_edit_batch: int = 8,
+    ):
+        super().__init__()
+        if protocol not in ("lora", "full"):
+            raise ValueError(f"protocol must be 'lora' or 'full', got {protocol!r}")
+        if schedule not in ("linear", "cosine", "constant"):
+            raise ValueError(f"schedule must be linear, cosine or constant, got {schedule!r}")
+        self.model_name = model
+        self.dtype_name = dtype
+        self.protocol = protocol
+        self.lora_spec = lora or LoRASpec()
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.schedule = schedule
+        self.warmup_ratio = warmup_ratio
+        self.settings = settings or KnowledgeSettings()
+        self.generator = generator if generator is not None else HFGenerator()
+        self.grader = grader if grader is not None else ContainsGrader()
+        self.seed = seed
+        self.self_edit_batch = self_edit_batch
+        self.loss_on = "completion" if self.settings.loss_after_marker else "all"
+        # With LoRA the checkpoint holds only the adapter; the frozen weights come from ``model``.
+        self.strict_loading = protocol == "full"
+        self.lm = None
+        self.tokenizer = None
+        self.bank: AdapterBank | None = None
+        self.pipeline: KnowledgeIncorporation | None = None
+        self.train_sequences: list[TrainSequence] = []
+        self._n_train_tokens = 0
+        self._started = 0.0
+
+    # ------------------------------------------------------------------------------------ setup
+    def setup(self, stage: str) -> None:
+        if self.lm is None:
+            self._started = time.perf_counter()
+            lm, self.tokenizer = load_model_and_tokenizer(self.model_name, self.dtype_name)
+            self.lm = lm.to(self.trainer.strategy.root_device)
+            if self.protocol == "lora":
+                self.bank = AdapterBank(self.lm, self.lora_spec, slots=1)
+                self.bank.train_mode(True)
+            else:
+                self.lm.requires_grad_(True)
+            self.generator.bind(self.lm, self.tokenizer, self.bank)
+            # CPT trains through Lightning, not through the inner loop: the pipeline is used for its
+            # prompts, sequence builder, answering and grading only.
+            self.pipeline = KnowledgeIncorporation(None, self.generator, self.grader, self.settings)
+        if stage == "fit":
+            self._prepare_training_texts()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.trainer.default_root_dir)
+
+    def _shard_file(self, name: str) -> Path:
+        """This process's record file of a stage (``name.rank<r>.jsonl``)."""
+        return self.run_dir / f"{name}.rank{self.global_rank}.jsonl"
+
+    def _barrier(self) -> None:
+        InnerLoopModule.barrier(self.trainer)
+
+    def _prepare_training_texts(self) -> None:
+        dm = self.trainer.datamodule
+        k = dm.k_completions
+        completions: dict[str, list[str]] = {}
+        if k > 0:
+            completions = self._self_edits(dm.passages, k, dm.external, dm.self_edits_path)
+        marker = self.settings.loss_after_marker
+        rows = pooled_training_texts(
+            dm.passages,
+            completions,
+            k,
+            lambda passage, completion: self.pipeline.training_sequences(passage, completion)[0],
+        )
+        self.train_sequences = [
+            TrainSequence.after_marker(r["text"], marker) if marker else TrainSequence(r["text"]) for r in rows
+        ]
+        if self.global_rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            rewrite_records(self.run_dir / "train_sequences.jsonl", rows)
+            if completions:
+                rewrite_records(
+                    self.run_dir / "self_edits.jsonl",
+                    [{"passage_id": p.id, "completion": c} for p in dm.passages for c in completions[p.id]],
+                )
+        rank_zero_info(f"CPT: {len(rows)} training texts from {len(dm.passages)} passages (K={k})")
+
+    def _self_edits(self, passages: list[Passage], k: int, external: dict, source: str | None) -> dict[str, list[str]]:
+        """K self-edits per passage, from the file or written by the model; recorded in the run directory."""
+        pattern = self.run_dir / "self_edits.rank*.jsonl"
+        have: dict[str, dict[int, str]] = {}
+        for r in read_all(pattern):
+            have.setdefault(r["passage_id"], {})[r["index"]] = r["completion"]
+        missing = [p for p in passages if len(have.get(p.id, {})) < k]
+        if external:
+            if self.global_rank == 0:
+                for p in missing:
+                    for index, completion in enumerate(external[p.id][:k]):
+                        append_record(
+                            self._shard_file("self_edits"),
+                            {
+                                "id": f"{p.id}/{index}",
+                                "passage_id": p.id,
+                                "index": index,
+                                "completion": completion,
+                                "source": source,
+                            },
+                        )
+        else:
+            needed = {p.id for p in missing}
+            all_chunks = list(enumerate(chunks(passages, self.self_edit_batch)))
+            for chunk_index, chunk in shard(all_chunks, self.global_rank, self.trainer.world_size):
+                if not needed.intersection(p.id for p in chunk):
+                    continue
+                sampled = self.pipeline.sample_self_edits(chunk, k, seed=self.seed + chunk_index)
+                for p, edits in zip(chunk, sampled):
+                    for index, completion in enumerate(edits):
+                        append_record(
+                            self._shard_file("self_edits"),
+                            {
+                                "id": f"{p.id}/{index}",
+                                "passage_id": p.id,
+                                "index": index,
+                                "completion": completion,
+                                "source": "model",
+                                "seed": self.seed + chunk_index,
+                            },
+                        )
+        self._barrier()
+        have = {}
+        for r in read_all(pattern):
+            have.setdefault(r["passage_id"], {})[r["index"]] = r["completion"]
+        return {p.id: [have[p.id][i] for i in range(k)] for p in passages}
+
+    # --------------------------------------------------------------------------------- training
+    def _route(self):
+        return self.bank.route(0) if self.bank is not None else nullcontext()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        with self._route():
+            loss = self.lm(**batch).loss
+        self._n_train_tokens += int(batch["attention_mask"].sum())
+        self.log(
+            "cpt/loss",
+            loss,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=batch["input_ids"].size(0),
+        )
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.lm.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.warmup_ratio * total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(self.schedule, total, warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.protocol == "lora":
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if ".lora_" in k}
+
+    # ------------------------------------------------------------------------------- evaluation
+    def on_fit_start(self) -> None:
+        done = {r["id"] for r in read_all(self.run_dir / "eval.rank*.jsonl")}
+        dm = self.trainer.datamodule
+        if (
+            self.protocol == "full"
+            and self.trainer.ckpt_path
+            and any(self._eval_id("baseline", p.id) not in done for p in dm.eval_passages)
+        ):
+            raise RuntimeError(
+                f"{self.run_dir}: training resumes from {self.trainer.ckpt_path} but baseline answers are missing; "
+                "the fine-tuned weights cannot give them. Start over in a new --run_dir."
+            )
+        self._evaluate("baseline", dm.eval_passages)
+        self.lm.train()
+
+    def on_fit_end(self) -> None:
+        # The strategy's teardown has moved the module to the CPU; answer on the training device.
+        self.to(self.trainer.strategy.root_device)
+        self._evaluate("adapted", self.trainer.datamodule.eval_passages)
+        if self.global_rank == 0:
+            self._finish()
+
+    def _eval_id(self, phase: str, passage_id: str) -> str:
+        """Record id of one passage's answers; adapted answers are tied to the optimizer step they saw."""
+        return f"baseline/{passage_id}" if phase == "baseline" else f"adapted@{self.trainer.global_step}/{passage_id}"
+
+    def _evaluate(self, phase: str, passages: list[Passage]) -> None:
+        done = {r["id"] for r in read_all(self.run_dir / "eval.rank*.jsonl")}
+        slot = 0 if phase == "adapted" and self.bank is not None else None
+        was_training = self.lm.training
+        self.lm.eval()
+        try:
+            for p in shard(passages, self.global_rank, self.trainer.world_size):
+                record_id = self._eval_id(phase, p.id)
+                if record_id in done:
+                    continue
+                predictions = self.pipeline.answer(p, [slot])[0]
+                graded = self.pipeline.grade(p, predictions)
+                append_record(
+                    self._shard_file("eval"),
+                    {
+                        "id": record_id,
+                        "phase": phase,
+                        "global_step": 0 if phase == "baseline" else self.trainer.global_step,
+                        "passage_id": p.id,
+                        "title": p.title,
+                        "questions": graded,
+                    },
+                )
+        finally:
+            self.lm.train(was_training)
+        self._barrier()
+
+    def _finish(self) -> None:
+        dm = self.trainer.datamodule
+        wanted = {self._eval_id(phase, p.id) for phase in ("baseline", "adapted") for p in dm.eval_passages}
+        records = {r["id"]: r for r in read_all(self.run_dir / "eval.rank*.jsonl") if r["id"] in wanted}
+        ordered = [records[k] for k in sorted(records)]
+        summary = summarize_cpt(ordered, dm.eval_passages)
+        rewrite_records(
+            self.run_dir / "predictions.jsonl",
+            [{"phase": r["phase"], "passage_id": r["passage_id"], **q} for r in ordered for q in r["questions"]],
+        )
+        trainer = self.trainer
+        results = {
+            "experiment": "knowledge_cpt",
+            "model": self.model_name,
+            "protocol": self.protocol,
+            "paper_version": "v1 (LoRA)" if self.protocol == "lora" else "v2 (full fine-tuning)",
+            "n_passages": len(dm.passages),
+            "k_completions": dm.k_completions,
+            "self_edits": "none (passages only)" if dm.k_completions == 0 else dm.self_edits_path or "model",
+            "n_training_texts": len(self.train_sequences),
+            "n_questions": sum(len(p.questions) for p in dm.eval_passages),
+            "baseline_accuracy": summary["baseline_accuracy"],
+            "adapted_accuracy": summary["adapted_accuracy"],
+            "gain": summary["gain"],
+            **{k: summary[k] for k in ("phases", "fixed", "broken", "per_passage")},
+            "training": {
+                "lr": self.lr,
+                "schedule": self.schedule,
+                "epochs": trainer.current_epoch,
+                "optimizer_steps": trainer.global_step,
+                "batch_size_per_device": dm.batch_size,
+                "accumulate_grad_batches": trainer.accumulate_grad_batches,
+                "world_size": trainer.world_size,
+                "lora": None if self.protocol == "full" else dataclasses.asdict(self.lora_spec),
+                "train_tokens_this_invocation_rank0": self._n_train_tokens,
+            },
+            "wall_seconds_this_invocation": round(time.perf_counter() - self._started, 1),
+            "reference": REFERENCE,
+        }
+        write_json(self.run_dir / "results.json", results)
+        writer = getattr(self.logger, "experiment", None) if self.logger is not None else None
+        header = f"CPT ({results['paper_version']}, {results['n_passages']} passages, K={dm.k_completions})"
+        text = format_cpt(summary, header)
+        if writer is not None and hasattr(writer, "add_scalar"):
+            for key in ("baseline_accuracy", "adapted_accuracy", "gain"):
+                if results[key] is not None:
+                    writer.add_scalar(f"results/{key}", results[key], 0)
+            writer.add_text("results", "```\n" + text + "\n```", 0)
+            writer.flush()
+        print(f"\n{text}\n\nresults: {self.run_dir / 'results.json'}")
