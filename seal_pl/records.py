@@ -24,14 +24,32 @@ class RecordFileError(ValueError):
 
 
 def append_record(path: str | Path, record: dict[str, Any]) -> None:
-    """Append one record and flush it to disk."""
+    """Append one record and flush it to disk.
+
+    A half-written last line (left by a process killed mid-write) is cut off first, so the new
+    record starts on a line of its own instead of being glued to the fragment.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _drop_partial_last_line(path)
     line = json.dumps(record, ensure_ascii=False, sort_keys=False)
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(line + "\n")
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _drop_partial_last_line(path: Path) -> None:
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) == b"\n":
+            return
+        data = handle.seek(0) or handle.read()
+        keep = data.rfind(b"\n") + 1
+        log.warning("%s: dropping a half-written last line (%d bytes) before appending", path, len(data) - keep)
+        handle.truncate(keep)
 
 
 def read_records(path: str | Path) -> Iterator[dict[str, Any]]:

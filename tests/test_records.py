@@ -27,3 +27,13 @@ def test_truncated_last_line_is_skipped_but_corruption_elsewhere_is_an_error(tmp
     bad.write_text('{"id": "a"}\nnot json\n{"id": "c"}\n')
     with pytest.raises(RecordFileError, match=r"bad.jsonl:2"):
         list(read_records(bad))
+
+
+def test_append_after_a_half_written_line_drops_the_fragment(tmp_path):
+    path = tmp_path / "items.jsonl"
+    append_record(path, {"id": 1})
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write('{"id": 2, "tex')  # a kill in the middle of a write
+    append_record(path, {"id": 3})
+    assert [r["id"] for r in read_records(path)] == [1, 3]
+    assert path.read_text(encoding="utf-8").count("\n") == 2

@@ -37,6 +37,9 @@ class LoRASpec:
         target_modules: names of the ``nn.Linear`` modules to adapt (matched on the last name part).
             Llama-style names: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj.
         init_seed: seed of the shared initial ``A`` matrices.
+        layers: indices of the transformer blocks to adapt (null = all; negative counts from the
+            top). Adapting only upper blocks also shortens the backward pass, which stops at the
+            lowest adapted block (PEFT's ``layers_to_transform``).
     """
 
     r: int = 32
@@ -44,6 +47,7 @@ class LoRASpec:
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     init_seed: int = 0
+    layers: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.r < 1:
@@ -131,6 +135,8 @@ class AdapterBank:
                 if isinstance(child, nn.Linear) and child_name in targets:
                     full = f"{name}.{child_name}" if name else child_name
                     replaced.append((module, child_name, full, child))
+        if spec.layers is not None:
+            replaced = _select_layers(replaced, spec.layers)
         found = {child_name for _, child_name, _, _ in replaced}
         missing = targets - found
         if missing:
@@ -202,6 +208,7 @@ class AdapterBank:
             "lora_alpha": self.spec.alpha,
             "lora_dropout": self.spec.dropout,
             "target_modules": sorted(set(self.spec.target_modules)),
+            "layers_to_transform": sorted({_block_index(name) for name in self.layers}) if self.spec.layers else None,
             "bias": "none",
             "fan_in_fan_out": False,
             "inference_mode": True,
@@ -238,6 +245,26 @@ class AdapterBank:
 
     def iter_layers(self) -> Iterator[tuple[str, LoRALinear]]:
         return iter(self.layers.items())
+
+
+def _block_index(full_name: str) -> int:
+    """The transformer-block index of a module name (its first numeric part, ``model.layers.12.mlp``)."""
+    for part in full_name.split("."):
+        if part.isdigit():
+            return int(part)
+    raise ValueError(f"module {full_name!r} is not inside a numbered block; LoRA layers cannot select it")
+
+
+def _select_layers(replaced: list, layers: Sequence[int]) -> list:
+    """Keep the target linears whose block index is in ``layers`` (negative indices count from the top)."""
+    blocks = sorted({_block_index(full) for _, _, full, _ in replaced})
+    wanted = set()
+    for index in layers:
+        resolved = index + len(blocks) if index < 0 else index
+        if not 0 <= resolved < len(blocks):
+            raise ValueError(f"LoRA layers: block {index} out of range for a model with {len(blocks)} blocks")
+        wanted.add(blocks[resolved])
+    return [entry for entry in replaced if _block_index(entry[2]) in wanted]
 
 
 class _RouteContext:

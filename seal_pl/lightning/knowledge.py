@@ -75,7 +75,9 @@ class KnowledgeDataModule(ItemDataModule):
                 )
 
     def items(self) -> list[dict[str, Any]]:
-        return [{"passage": p, "external": self.external.get(p.id, [])} for p in self.passages]
+        return [
+            {"index": i, "passage": p, "external": self.external.get(p.id, [])} for i, p in enumerate(self.passages)
+        ]
 
 
 class KnowledgeIncorporationModule(InnerLoopModule):
@@ -92,7 +94,8 @@ class KnowledgeIncorporationModule(InnerLoopModule):
         settings: prompt style, chat template, sampling and answering settings.
         generator: generation backend (default: Hugging Face generate).
         grader: answer grader (default: gold answer contained in the prediction).
-        seed: base seed; passage ``i`` samples its self-edits with ``seed + i``.
+        seed: base seed; passage ``i`` of the data set (after selection) samples its self-edits and
+            trains with ``seed + i``, whatever the rank that runs it.
         inner_seeds: every adaptation is trained with this many inner-loop seeds (data order) and
             its accuracy averaged: the self-edit's reward (reference: 1 for evaluation, 3 for RL).
         adapters: adapter slots trained at once (default: every adaptation of a passage, counting
@@ -159,7 +162,8 @@ class KnowledgeIncorporationModule(InnerLoopModule):
         passage: Passage = item["passage"]
         if passage.id in self._done:
             return None
-        seed = self.seed + index
+        # The passage's position in the data set, not the per-rank batch index: same seeds under DDP.
+        seed = self.seed + item.get("index", index)
         self_edits: list[str] = []
         if "self_edit" in self.conditions:
             self_edits = self.pipeline.sample_self_edits([passage], self.n_self_edits, seed=seed)[0]
@@ -196,7 +200,8 @@ class KnowledgeIncorporationModule(InnerLoopModule):
         writer = self.tb()
         for condition, runs in record["conditions"].items():
             accuracy = sum(r["accuracy"] for r in runs) / len(runs)
-            self.log(f"accuracy/{condition}", accuracy, on_step=False, on_epoch=True, batch_size=1)
+            if not self.trainer.predicting:  # Lightning has no self.log in predict (the E-step of ReST-EM)
+                self.log(f"accuracy/{condition}", accuracy, on_step=False, on_epoch=True, batch_size=1)
             if writer is None:
                 continue
             for run in runs:
