@@ -21,7 +21,7 @@ class HFGenerator(GeneratorBackend):
         precision: ``fp32`` or ``bf16`` (autocast).
     """
 
-    def __init__(self, batch_size: int = 16, precision: str = "fp32"):
+    def __init__(self, batch_size: int = 32, precision: str = "fp32"):
         self.batch_size = batch_size
         self.precision = precision
 

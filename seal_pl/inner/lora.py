@@ -65,11 +65,13 @@ class _Routing:
 
     ``row_slots`` is a LongTensor of shape [batch] (``-1`` = no adapter for that row), or ``None``
     with ``single_slot`` set (every row uses that slot), or both ``None`` (adapters off).
+    ``groups`` holds, with ``row_slots``, each used slot and the LongTensor of its row indices.
     """
 
     def __init__(self) -> None:
         self.row_slots: torch.Tensor | None = None
         self.single_slot: int | None = None
+        self.groups: list[tuple[int, torch.Tensor]] = []
 
 
 class LoRALinear(nn.Module):
@@ -98,15 +100,15 @@ class LoRALinear(nn.Module):
             return result + update * self.scaling
         if routing.row_slots is None:
             return result
-        row_slots = routing.row_slots
-        active = row_slots >= 0
-        safe_slots = row_slots.clamp(min=0)
-        a_rows = torch.stack(list(self.lora_A))[safe_slots].to(x.dtype)  # [batch, r, in]
-        b_rows = torch.stack(list(self.lora_B))[safe_slots].to(x.dtype)  # [batch, out, r]
-        hidden = torch.bmm(self.dropout(x), a_rows.transpose(1, 2))  # [batch, seq, r]
-        update = torch.bmm(hidden, b_rows.transpose(1, 2))  # [batch, seq, out]
-        update = update * active.to(update.dtype).view(-1, 1, 1)
-        return result + update * self.scaling
+        # Rows grouped by slot: one dense low-rank product per used slot, added into its rows. This
+        # touches only the adapters in use (no per-row copies of A and B, which made batched
+        # generation memory-bound).
+        for slot, rows in routing.groups:
+            a, b = self.lora_A[slot], self.lora_B[slot]
+            x_rows = self.dropout(x.index_select(0, rows))
+            update = (x_rows @ a.t().to(x.dtype)) @ b.t().to(x.dtype)
+            result = result.index_add(0, rows, update * self.scaling)
+        return result
 
 
 class AdapterBank:
@@ -271,12 +273,12 @@ class _RouteContext:
     def __init__(self, bank: AdapterBank, row_slots) -> None:
         self.bank = bank
         self.row_slots = row_slots
-        self.saved: tuple[torch.Tensor | None, int | None] | None = None
+        self.saved: tuple | None = None
 
     def __enter__(self) -> AdapterBank:
         routing = self.bank.routing
-        self.saved = (routing.row_slots, routing.single_slot)
-        routing.row_slots, routing.single_slot = None, None
+        self.saved = (routing.row_slots, routing.single_slot, routing.groups)
+        routing.row_slots, routing.single_slot, routing.groups = None, None, []
         slots = self.row_slots
         if isinstance(slots, int):
             self.bank._check_slot(slots)
@@ -289,7 +291,11 @@ class _RouteContext:
             elif any(s >= 0 for s in distinct):
                 device = next(iter(self.bank.layers.values())).base.weight.device
                 routing.row_slots = tensor.to(device)
+                routing.groups = [
+                    (int(slot), torch.nonzero(tensor == slot).flatten().to(device)) for slot in distinct if slot >= 0
+                ]
         return self.bank
 
     def __exit__(self, *exc) -> None:
-        self.bank.routing.row_slots, self.bank.routing.single_slot = self.saved
+        routing = self.bank.routing
+        routing.row_slots, routing.single_slot, routing.groups = self.saved

@@ -165,10 +165,17 @@ class KnowledgeIncorporation:
             for q, pred, v in zip(passage.questions, predictions, verdicts)
         ]
 
-    def adapt_and_answer(self, passage: Passage, adaptations: list[Adaptation], seed: int) -> list[list[str]]:
-        """Train every adaptation (in chunks of ``bank.slots``) and return each one's answers."""
+    def adapt_and_answer(
+        self, passage: Passage, adaptations: list[Adaptation], seed: int, *, with_base: bool = False
+    ) -> tuple[list[list[str]], list[str] | None]:
+        """Train every adaptation (in chunks of ``bank.slots``) and return each one's answers.
+
+        With ``with_base`` the base model's answers come out of the first chunk's generation call
+        too (rows routed to no adapter), which saves one generation pass per passage.
+        """
         slots_available = self.trainer.bank.slots
         answers: list[list[str]] = []
+        base: list[str] | None = None
         for start in range(0, len(adaptations), slots_available):
             chunk = adaptations[start : start + slots_available]
             marker = self.settings.loss_after_marker
@@ -186,8 +193,13 @@ class KnowledgeIncorporation:
                 adaptation.steps = result.steps
                 adaptation.train_tokens = result.train_tokens
                 adaptation.seconds = result.seconds
-            answers.extend(self.answer(passage, list(range(len(chunk)))))
-        return answers
+            slots: list[int | None] = list(range(len(chunk)))
+            if with_base and base is None:
+                base, *chunk_answers = self.answer(passage, [None, *slots])
+            else:
+                chunk_answers = self.answer(passage, slots)
+            answers.extend(chunk_answers)
+        return answers, base
 
     def evaluate_passage(
         self,
@@ -212,14 +224,6 @@ class KnowledgeIncorporation:
         if unknown:
             raise ValueError(f"unknown conditions {sorted(unknown)}; valid: {CONDITIONS}")
         record: dict = {"passage_id": passage.id, "title": passage.title, "conditions": {}}
-        if "no_adaptation" in conditions:
-            predictions = (
-                list(baseline_predictions)
-                if baseline_predictions is not None
-                else self.answer(passage, [None])[0]
-            )
-            graded = self.grade(passage, predictions)
-            record["conditions"]["no_adaptation"] = [_run(0, 0, graded, None)]
         adaptations: list[Adaptation] = []
         for repeat in range(repeats):
             if "passage_only" in conditions:
@@ -230,7 +234,15 @@ class KnowledgeIncorporation:
                     for index, completion in enumerate(edits):
                         sequences, empty = self.training_sequences(passage, completion)
                         adaptations.append(Adaptation(condition, index, repeat, completion, sequences, empty))
-        for adaptation, predictions in zip(adaptations, self.adapt_and_answer(passage, adaptations, seed)):
+        need_base = "no_adaptation" in conditions and baseline_predictions is None
+        adapted, base = self.adapt_and_answer(passage, adaptations, seed, with_base=need_base and bool(adaptations))
+        if "no_adaptation" in conditions:
+            if baseline_predictions is not None:
+                base = list(baseline_predictions)
+            elif base is None:
+                base = self.answer(passage, [None])[0]
+            record["conditions"]["no_adaptation"] = [_run(0, 0, self.grade(passage, base), None)]
+        for adaptation, predictions in zip(adaptations, adapted):
             graded = self.grade(passage, predictions)
             record["conditions"].setdefault(adaptation.condition, []).append(
                 _run(adaptation.edit_index, adaptation.repeat, graded, asdict(adaptation))
