@@ -193,3 +193,20 @@ def test_reference_padding_path_trains_and_splitting_rows_changes_nothing(tiny_m
     torch.testing.assert_close(torch.tensor(split.losses), torch.tensor(whole.losses), rtol=1e-4, atol=1e-5)
     for key, tensor in adapter_state(bank, 0).items():
         torch.testing.assert_close(tensor, state[key], rtol=1e-4, atol=1e-5)
+
+
+def test_lora_layers_selects_blocks_and_exports_them(tiny_model, tmp_path):
+    import json
+
+    model, tok = tiny_model
+    n_blocks = len({name.split(".")[2] for name, _ in model.named_modules() if name.startswith("model.layers.")})
+    bank = AdapterBank(model, LoRASpec(r=4, alpha=8, target_modules=["q_proj", "v_proj"], layers=[-1]))
+    top = n_blocks - 1
+    assert sorted(bank.layers) == [f"model.layers.{top}.self_attn.q_proj", f"model.layers.{top}.self_attn.v_proj"]
+    config = json.loads((bank.save_peft(0, tmp_path / "adapter") / "adapter_config.json").read_text())
+    assert config["layers_to_transform"] == [top]
+    trainer = InnerLoopTrainer(model, tok, bank, InnerLoopConfig(lr=1e-2, epochs=1))
+    assert trainer.adapt([job()])[0].steps > 0
+    bank.remove()
+    with pytest.raises(ValueError, match="out of range"):
+        AdapterBank(model, LoRASpec(r=4, target_modules=["q_proj"], layers=[n_blocks]))
