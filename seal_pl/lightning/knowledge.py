@@ -181,8 +181,13 @@ class KnowledgeIncorporationModule(InnerLoopModule):
             for reward in self_edit_rewards(record):
                 append_record(
                     self.shard("self_edits"),
-                    {"id": f"{passage.id}/{reward['edit_index']}", "passage_id": passage.id, "seed": seed,
-                     "prompt": prompt, **reward},
+                    {
+                        "id": f"{passage.id}/{reward['edit_index']}",
+                        "passage_id": passage.id,
+                        "seed": seed,
+                        "prompt": prompt,
+                        **reward,
+                    },
                 )
         for condition, runs in record["conditions"].items():
             for run in runs:
@@ -240,8 +245,14 @@ class KnowledgeIncorporationModule(InnerLoopModule):
             # Adapters trained together share one wall time: count each batched adaptation once.
             "adapt_seconds": round(
                 sum(
-                    sum({run["adaptation"]["seconds"] for runs in r["conditions"].values() for run in runs
-                         if run["adaptation"]})
+                    sum(
+                        {
+                            run["adaptation"]["seconds"]
+                            for runs in r["conditions"].values()
+                            for run in runs
+                            if run["adaptation"]
+                        }
+                    )
                     for r in ordered
                 ),
                 1,
