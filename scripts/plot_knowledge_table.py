@@ -1,7 +1,7 @@
 """Draw a run's knowledge-incorporation table (accuracy per condition) as a PNG bar chart.
 
-    python scripts/plot_knowledge_table.py runs/knowledge-demo            # writes runs/knowledge-demo/table.png
-    python scripts/plot_knowledge_table.py runs/a runs/b --out compare.png  # several runs side by side
+python scripts/plot_knowledge_table.py runs/knowledge-demo            # writes runs/knowledge-demo/table.png
+python scripts/plot_knowledge_table.py runs/a runs/b --out compare.png  # several runs side by side
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 ORDER = ("no_adaptation", "passage_only", "self_edit", "external")
 
@@ -39,8 +39,13 @@ def main() -> None:
         for bar, c in zip(bars, conditions):
             row = results["conditions"].get(c)
             if row:
-                ax.annotate(f"{row['n_correct']}/{row['n_questions']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                            ha="center", va="bottom", fontsize=8)
+                ax.annotate(
+                    f"{row['n_correct']}/{row['n_questions']}",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                )
     ax.set_xticks([i + width * (len(runs) - 1) / 2 for i in range(len(conditions))], conditions)
     ax.set_ylabel("closed-book accuracy (%)")
     ax.set_ylim(0, 100)

@@ -52,12 +52,12 @@ class HFGenerator(GeneratorBackend):
                     ids[row, width - n :] = torch.tensor(encoded[i])
                     mask[row, width - n :] = 1
                 slots = None if adapter_slots is None else [adapter_slots[i] for i in chunk]
-                kwargs = dict(
-                    max_new_tokens=params.max_new_tokens,
-                    do_sample=do_sample,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                )
+                kwargs = {
+                    "max_new_tokens": params.max_new_tokens,
+                    "do_sample": do_sample,
+                    "pad_token_id": tokenizer.pad_token_id,
+                    "eos_token_id": tokenizer.eos_token_id,
+                }
                 if do_sample:
                     kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
                 else:

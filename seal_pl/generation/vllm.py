@@ -72,7 +72,9 @@ class VLLMGenerator(GeneratorBackend):
         vllm = _require_vllm()
         if self.bank is not None and self.bank.slots > self.max_loras:
             raise ValueError(f"max_loras={self.max_loras} is smaller than the adapter bank ({self.bank.slots} slots)")
-        root = self.adapter_dir or (tempfile.mkdtemp(dir="/dev/shm") if os.path.isdir("/dev/shm") else tempfile.mkdtemp())
+        root = self.adapter_dir or (
+            tempfile.mkdtemp(dir="/dev/shm") if os.path.isdir("/dev/shm") else tempfile.mkdtemp()
+        )
         self._root = Path(root)
         self._llm = vllm.LLM(
             model=model.config._name_or_path,

@@ -137,9 +137,7 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-def load_model_and_tokenizer(
-    name: str, dtype: str = "float32"
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model_and_tokenizer(name: str, dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer; the model is frozen, in eval mode, on the CPU.
 
     The tokenizer always gets a pad token (the EOS token when it has none) so batches can be padded.

@@ -27,7 +27,7 @@ def adapter_state(bank, slot):
 
 
 def test_base_weights_never_change(tiny_model):
-    model, tok, bank, trainer = make(tiny_model)
+    model, _tok, _bank, trainer = make(tiny_model)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
     results = trainer.adapt([job()])
     assert results[0].steps == 6 and len(results[0].losses) == 6
@@ -69,7 +69,7 @@ def test_training_lowers_loss_and_changes_outputs(tiny_model):
 
 
 def test_same_seed_same_result(tiny_model):
-    model, tok, bank, trainer = make(tiny_model)
+    _model, _tok, bank, trainer = make(tiny_model)
     first = trainer.adapt([job(seed=3)])[0]
     state_first = adapter_state(bank, 0)
     second = trainer.adapt([job(seed=3)])[0]
@@ -85,13 +85,15 @@ def test_batched_adapters_equal_one_by_one(tiny_model):
         job(TEXTS[:1], lr=5e-3, epochs=4, seed=2),
         job(TEXTS[1:], lr=2e-2, epochs=1, seed=3),
     ]
-    model, tok, bank, trainer = make(tiny_model, slots=3, batch_size=2, grad_accum=2, schedule="cosine")
+    _model, _tok, bank, trainer = make(tiny_model, slots=3, batch_size=2, grad_accum=2, schedule="cosine")
     batched = trainer.adapt(jobs)
     batched_states = [adapter_state(bank, s) for s in range(3)]
     for index, single_job in enumerate(jobs):
         alone = trainer.adapt([single_job], slots=[index])[0]
         assert alone.steps == batched[index].steps
-        torch.testing.assert_close(torch.tensor(alone.losses), torch.tensor(batched[index].losses), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            torch.tensor(alone.losses), torch.tensor(batched[index].losses), rtol=1e-4, atol=1e-5
+        )
         for key, tensor in adapter_state(bank, index).items():
             torch.testing.assert_close(tensor, batched_states[index][key], rtol=1e-4, atol=1e-5)
 
@@ -116,7 +118,7 @@ def test_mixed_rows_route_to_their_own_adapter(tiny_model):
 
 
 def test_bf16_autocast_trains_close_to_fp32(tiny_model):
-    model, tok, bank, trainer = make(tiny_model)
+    _model, _tok, _bank, trainer = make(tiny_model)
     fp32 = trainer.adapt([job(seed=0)])[0].losses
     trainer.config.precision = "bf16"
     bf16 = trainer.adapt([job(seed=0)])[0].losses
@@ -125,7 +127,7 @@ def test_bf16_autocast_trains_close_to_fp32(tiny_model):
 
 
 def test_zero_epochs_trains_nothing(tiny_model):
-    model, tok, bank, trainer = make(tiny_model)
+    _model, _tok, bank, trainer = make(tiny_model)
     initial = adapter_state(bank, 0)
     result = trainer.adapt([job(epochs=0)])[0]
     assert result.steps == 0 and result.losses == []
@@ -159,7 +161,7 @@ def test_completion_mask_uses_offsets_not_token_ids(tiny_model):
     seq = TrainSequence(full, completion_start=len(prompt), templated=True)
     row = tokenize_sequence(tok, seq, loss_on="completion")
     kept = [i for i, label in zip(row.input_ids, row.labels) if label != IGNORE_INDEX]
-    assert tok.decode(kept) == full[len(prompt):]
+    assert tok.decode(kept) == full[len(prompt) :]
     assert tokenize_sequence(tok, seq, loss_on="all").n_loss_tokens == len(row.input_ids)
 
 
@@ -171,15 +173,15 @@ def test_marker_mask_and_padding_modes(tiny_model):
     short = tokenize_sequence(tok, TrainSequence("ab"))
     dynamic = collate([row, short], tok.pad_token_id)
     assert dynamic["input_ids"].shape == (2, len(row.input_ids))
-    assert (dynamic["labels"][1, len(short.input_ids):] == IGNORE_INDEX).all()
+    assert (dynamic["labels"][1, len(short.input_ids) :] == IGNORE_INDEX).all()
     reference = collate([row, short], tok.pad_token_id, padding="max_length", pad_to=64, loss_on_padding=True)
     assert reference["input_ids"].shape == (2, 64)
-    assert (reference["labels"][1, len(short.input_ids):] == tok.pad_token_id).all()
+    assert (reference["labels"][1, len(short.input_ids) :] == tok.pad_token_id).all()
     assert reference["attention_mask"][1].sum() == len(short.input_ids)
 
 
 def test_reference_padding_path_trains_and_splitting_rows_changes_nothing(tiny_model):
-    model, tok, bank, trainer = make(tiny_model, batch_size=2, padding="max_length", pad_to=64, loss_on_padding=True)
+    _model, _tok, bank, trainer = make(tiny_model, batch_size=2, padding="max_length", pad_to=64, loss_on_padding=True)
     initial = adapter_state(bank, 0)
     reference = trainer.adapt([job(seed=1)])[0]
     assert reference.steps == 4 and all(torch.isfinite(torch.tensor(reference.losses)))

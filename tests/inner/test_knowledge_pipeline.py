@@ -42,8 +42,10 @@ def test_conditions_repeats_and_rewards(tiny_model):
     assert len(runs["no_adaptation"]) == 1
     assert [r["repeat"] for r in runs["passage_only"]] == [0, 1]
     assert sorted((r["edit_index"], r["repeat"]) for r in runs["self_edit"]) == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    empty = [r for r in runs["self_edit"] if r["edit_index"] == 1][0]["adaptation"]
-    assert empty["completion_was_empty"] and empty["sequences"] == ["Orvel Pass\nOrvel Pass opened in 1903. Its keeper was Ada Morrow."]
+    empty = next(r for r in runs["self_edit"] if r["edit_index"] == 1)["adaptation"]
+    assert empty["completion_was_empty"] and empty["sequences"] == [
+        "Orvel Pass\nOrvel Pass opened in 1903. Its keeper was Ada Morrow."
+    ]
     rewards = self_edit_rewards(record)
     assert [r["edit_index"] for r in rewards] == [0, 1]
     for reward in rewards:

@@ -51,5 +51,7 @@ def test_vllm_backend_generates_with_adapters(tiny_checkpoint):
     model, tok = load_model_and_tokenizer(tiny_checkpoint)
     bank = AdapterBank(model, LoRASpec(r=4, alpha=8), slots=2)
     generator = VLLMGenerator(max_loras=2, max_lora_rank=8, enforce_eager=True).bind(model, tok, bank)
-    out = generator.generate(["a", "b", "c"], SamplingParams(max_new_tokens=4, temperature=0.0), adapter_slots=[-1, 0, 1])
+    out = generator.generate(
+        ["a", "b", "c"], SamplingParams(max_new_tokens=4, temperature=0.0), adapter_slots=[-1, 0, 1]
+    )
     assert len(out) == 3 and all(isinstance(text, str) for text in out)

@@ -18,7 +18,9 @@ def test_tiny_checkpoint_loads_frozen_with_pad_token(tiny_checkpoint):
     assert tokenizer.pad_token is not None
     assert not any(p.requires_grad for p in model.parameters())
     assert not model.training
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
     assert text.endswith("<|im_start|>assistant\n")
 
 

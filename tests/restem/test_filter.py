@@ -6,11 +6,25 @@ from seal_pl.pipelines.restem import best_of_k, keep_successes, reward_statistic
 
 
 def rec(pid, k, reward, gain=None, **extra):
-    return {"passage_id": pid, "edit_index": k, "reward": reward, "gain": gain, "prompt": f"P{pid}", "completion": f"{pid}-{k}", **extra}
+    return {
+        "passage_id": pid,
+        "edit_index": k,
+        "reward": reward,
+        "gain": gain,
+        "prompt": f"P{pid}",
+        "completion": f"{pid}-{k}",
+        **extra,
+    }
 
 
 def test_best_of_k_keeps_the_best_and_breaks_ties_by_index():
-    records = [rec("a", 0, 0.2, 0.2), rec("a", 1, 0.6, 0.6), rec("a", 2, 0.6, 0.6), rec("b", 0, 0.0, 0.0), rec("b", 1, 0.0, 0.0)]
+    records = [
+        rec("a", 0, 0.2, 0.2),
+        rec("a", 1, 0.6, 0.6),
+        rec("a", 2, 0.6, 0.6),
+        rec("b", 0, 0.0, 0.0),
+        rec("b", 1, 0.0, 0.0),
+    ]
     kept = best_of_k(records)
     assert [r["completion"] for r in kept] == ["a-1", "b-0"]  # reference: the best is kept even with no gain
     assert kept[0]["prompt"] == "Pa"
