@@ -16,7 +16,9 @@ Paths:
    a Hugging Face ``Trainer`` per self-edit, one at a time, every sequence padded to 2048 tokens with
    the loss on the pads, batch 1;
 2. ``ours-fp32-k1``: seal-pl's inner loop, one adapter at a time, fp32;
-3. ``ours-<precision>-k<K>``: seal-pl's batched path with K adapters per pass, fp32 and bf16.
+3. ``ours-<precision>-k<K>``: seal-pl's batched path with K adapters per pass, fp32 and bf16, with
+   the default packed sequences (``--compare-dynamic`` adds the largest K with per-row dynamic
+   padding instead, ``ours-fp32-k<K>-dynamic``, to show what packing buys).
 
 Each path runs in its own subprocess (clean peak memory). Results: a table on stdout and JSON.
 
@@ -116,13 +118,15 @@ def run_reference(model_name: str, edits: list[list[str]], epochs: int, lr: floa
     return {"seconds": elapsed, "real_tokens": real_tokens, "processed_tokens": processed_tokens}
 
 
-def run_ours(model_name: str, edits: list[list[str]], epochs: int, lr: float, k: int, precision: str) -> dict:
+def run_ours(
+    model_name: str, edits: list[list[str]], epochs: int, lr: float, k: int, precision: str, padding: str
+) -> dict:
     from seal_pl.inner import AdapterBank, AdaptJob, InnerLoopConfig, InnerLoopTrainer, LoRASpec, TrainSequence
     from seal_pl.models.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(model_name)
     bank = AdapterBank(model, LoRASpec(r=32, alpha=64, target_modules=["q_proj", "v_proj"]), slots=k)
-    config = InnerLoopConfig(lr=lr, epochs=epochs, batch_size=1, precision=precision)
+    config = InnerLoopConfig(lr=lr, epochs=epochs, batch_size=1, precision=precision, padding=padding)
     trainer = InnerLoopTrainer(model, tokenizer, bank, config)
     jobs = [AdaptJob([TrainSequence(s) for s in seqs], seed=i) for i, seqs in enumerate(edits)]
     real_tokens = processed_tokens = 0
@@ -141,8 +145,8 @@ def single(args) -> None:
     if args.path == "reference":
         result = run_reference(args.model, edits, args.epochs, args.lr, args.pad_to)
     else:
-        _, precision, k = args.path.split("-")
-        result = run_ours(args.model, edits, args.epochs, args.lr, int(k[1:]), precision)
+        _, precision, k, *padding = args.path.split("-")
+        result = run_ours(args.model, edits, args.epochs, args.lr, int(k[1:]), precision, (padding or ["packed"])[0])
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["edits"] = len(edits)
     print("RESULT " + json.dumps(result))
@@ -158,6 +162,7 @@ def main() -> None:
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 4, 8, 16], help="batched K values")
     parser.add_argument("--reference-edits", type=int, default=2, help="self-edits for the (slow) reference path")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--compare-dynamic", action="store_true", help="also run the largest K without packing")
     parser.add_argument("--out", default="bench_inner_loop.json")
     parser.add_argument("--path", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -172,12 +177,30 @@ def main() -> None:
     del model
     peaks = {name: peak_matmul_flops(name) for name in ("fp32", "bf16")}
     paths = [] if args.skip_reference else ["reference"]
-    paths += ["ours-fp32-k1"] + [f"ours-{p}-k{k}" for p in ("fp32", "bf16") for k in args.ks if not (p == "fp32" and k == 1)]
+    paths += ["ours-fp32-k1"] + [
+        f"ours-{p}-k{k}" for p in ("fp32", "bf16") for k in args.ks if not (p == "fp32" and k == 1)
+    ]
+    if args.compare_dynamic:
+        paths.append(f"ours-fp32-k{max(args.ks)}-dynamic")
     rows = []
     for path in paths:
         edits = args.reference_edits if path == "reference" else args.edits
-        command = [sys.executable, __file__, "--path", path, "--model", args.model, "--edits", str(edits),
-                   "--epochs", str(args.epochs), "--lr", str(args.lr), "--pad-to", str(args.pad_to)]
+        command = [
+            sys.executable,
+            __file__,
+            "--path",
+            path,
+            "--model",
+            args.model,
+            "--edits",
+            str(edits),
+            "--epochs",
+            str(args.epochs),
+            "--lr",
+            str(args.lr),
+            "--pad-to",
+            str(args.pad_to),
+        ]
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         result = json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
         precision = "bf16" if "bf16" in path else "fp32"
@@ -196,18 +219,28 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     baseline = next(r for r in rows if r["path"] == "ours-fp32-k1")["edits_per_hour"]
     reference = next((r["edits_per_hour"] for r in rows if r["path"] == "reference"), None)
-    header = f"{'path':<16} {'edits':>5} {'edits/h':>9} {'tok/s':>8} {'GFLOP/s':>8} {'of peak':>8} {'RSS MB':>7} {'vs k1':>6} {'vs ref':>7}"
+    header = f"{'path':<24} {'edits':>5} {'edits/h':>9} {'tok/s':>8} {'GFLOP/s':>8} {'of peak':>8} {'RSS MB':>7} {'vs k1':>6} {'vs ref':>7}"
     print("\n" + header)
     for r in rows:
         vs_ref = f"{r['edits_per_hour'] / reference:.1f}x" if reference else "-"
-        print(f"{r['path']:<16} {r['edits']:>5} {r['edits_per_hour']:>9} {r['train_tokens_per_s']:>8} "
-              f"{r['achieved_gflops']:>8} {100 * r['fraction_of_peak']:>7.1f}% {r['peak_rss_mb']:>7} "
-              f"{r['edits_per_hour'] / baseline:>5.1f}x {vs_ref:>7}")
+        print(
+            f"{r['path']:<24} {r['edits']:>5} {r['edits_per_hour']:>9} {r['train_tokens_per_s']:>8} "
+            f"{r['achieved_gflops']:>8} {100 * r['fraction_of_peak']:>7.1f}% {r['peak_rss_mb']:>7} "
+            f"{r['edits_per_hour'] / baseline:>5.1f}x {vs_ref:>7}"
+        )
     machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()}
-    payload = {"model": args.model, "params": n_params, "epochs": args.epochs, "peak_flops": peaks,
-               "machine": machine, "rows": rows}
+    payload = {
+        "model": args.model,
+        "params": n_params,
+        "epochs": args.epochs,
+        "peak_flops": peaks,
+        "machine": machine,
+        "rows": rows,
+    }
     Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"\npeak matmul: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s; wrote {args.out}")
+    print(
+        f"\npeak matmul: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s; wrote {args.out}"
+    )
 
 
 if __name__ == "__main__":

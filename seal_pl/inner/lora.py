@@ -61,21 +61,56 @@ class LoRASpec:
 
 
 class _Routing:
-    """Shared state telling every adapted layer which slot each batch row uses.
+    """Shared state telling every adapted layer which slot each batch row (or token) uses.
 
-    ``row_slots`` is a LongTensor of shape [batch] (``-1`` = no adapter for that row), or ``None``
-    with ``single_slot`` set (every row uses that slot), or both ``None`` (adapters off).
-    ``groups`` holds, with ``row_slots``, each used slot and the LongTensor of its row indices.
+    ``row_slots`` is a LongTensor of shape [batch] (``-1`` = no adapter for that row) or, with
+    ``per_token``, of shape [batch, seq] (one slot per token: packed rows hold several self-edits);
+    or ``None`` with ``single_slot`` set (every row uses that slot), or both ``None`` (adapters off).
+    ``plans`` caches, per flattened token count, the :class:`_SlotPlan` every layer reuses.
     """
 
     def __init__(self) -> None:
         self.row_slots: torch.Tensor | None = None
         self.single_slot: int | None = None
-        self.groups: list[tuple[int, torch.Tensor]] = []
+        self.per_token = False
+        self.plans: dict[int, _SlotPlan] = {}
+
+    def plan(self, n_tokens: int) -> _SlotPlan:
+        """The plan for an input flattened to ``n_tokens`` rows (built once per shape)."""
+        plan = self.plans.get(n_tokens)
+        if plan is None:
+            slots = self.row_slots
+            if not self.per_token:  # one slot per row: repeat it over the row's positions
+                slots = slots.repeat_interleave(n_tokens // slots.numel())
+            plan = self.plans[n_tokens] = _SlotPlan(slots.flatten())
+        return plan
+
+
+class _SlotPlan:
+    """Where each routed token goes in a [slots, M, features] layout for batched matmuls.
+
+    Tokens are sorted by slot; slot group ``g`` fills rows ``g*M ..`` of the layout, ``M`` being the
+    largest group. Then every adapted layer computes all its slots' updates with two ``bmm`` calls,
+    whatever the number of slots (a loop over slots cost K small products and K copies of the
+    layer output per layer, which dominated batched training on a CPU).
+    """
+
+    def __init__(self, token_slots: torch.Tensor):  # [n_tokens], -1 = no adapter
+        routed = torch.nonzero(token_slots >= 0).flatten()
+        slots = token_slots[routed]
+        order = torch.argsort(slots, stable=True)
+        self.tokens = routed[order]  # [n_routed] token indices grouped by slot
+        used, counts = torch.unique_consecutive(slots[order], return_counts=True)
+        self.slots = used.tolist()
+        self.width = int(counts.max())  # M
+        starts = torch.cumsum(counts, 0) - counts
+        group = torch.repeat_interleave(torch.arange(len(self.slots), device=counts.device), counts)
+        rank = torch.arange(len(order), device=counts.device) - starts[group]
+        self.positions = group * self.width + rank  # [n_routed] row of each token in the layout
 
 
 class LoRALinear(nn.Module):
-    """``base(x) + scaling * B_s (A_s dropout(x))`` with the slot ``s`` chosen per batch row."""
+    """``base(x) + scaling * B_s (A_s dropout(x))`` with the slot ``s`` chosen per batch row (or token)."""
 
     def __init__(self, base: nn.Linear, slots: int, spec: LoRASpec, routing: _Routing, init_a: torch.Tensor):
         super().__init__()
@@ -100,15 +135,18 @@ class LoRALinear(nn.Module):
             return result + update * self.scaling
         if routing.row_slots is None:
             return result
-        # Rows grouped by slot: one dense low-rank product per used slot, added into its rows. This
-        # touches only the adapters in use (no per-row copies of A and B, which made batched
-        # generation memory-bound).
-        for slot, rows in routing.groups:
-            a, b = self.lora_A[slot], self.lora_B[slot]
-            x_rows = self.dropout(x.index_select(0, rows))
-            update = (x_rows @ a.t().to(x.dtype)) @ b.t().to(x.dtype)
-            result = result.index_add(0, rows, update * self.scaling)
-        return result
+        shape = result.shape
+        x_flat, result_flat = x.reshape(-1, x.shape[-1]), result.reshape(-1, shape[-1])  # [tokens, features]
+        plan = routing.plan(x_flat.shape[0])
+        k, m = len(plan.slots), plan.width
+        x_routed = self.dropout(x_flat.index_select(0, plan.tokens))
+        layout = x_routed.new_zeros(k * m, x_flat.shape[-1]).index_copy(0, plan.positions, x_routed)
+        a = torch.stack([self.lora_A[s] for s in plan.slots]).to(x.dtype)  # [k, r, in]
+        b = torch.stack([self.lora_B[s] for s in plan.slots]).to(x.dtype)  # [k, out, r]
+        hidden = torch.bmm(layout.view(k, m, -1), a.transpose(1, 2))  # [k, M, r]
+        update = torch.bmm(hidden, b.transpose(1, 2)).view(k * m, -1)  # [k*M, out]
+        update = update.index_select(0, plan.positions) * self.scaling  # [n_routed, out]
+        return result_flat.index_add(0, plan.tokens, update.to(result.dtype)).view(shape)
 
 
 class AdapterBank:
@@ -230,7 +268,8 @@ class AdapterBank:
 
     # --------------------------------------------------------------------------------- routing
     def route(self, row_slots: torch.Tensor | Sequence[int] | int | None) -> _RouteContext:
-        """Context manager selecting adapters: an int (all rows), one slot per row, or None (base model)."""
+        """Context manager selecting adapters: an int (all rows), one slot per row ([batch]), one slot
+        per token ([batch, seq], for packed rows), or None (base model). Slot -1 means no adapter."""
         return _RouteContext(self, row_slots)
 
     def _check_slot(self, slot: int) -> None:
@@ -277,8 +316,8 @@ class _RouteContext:
 
     def __enter__(self) -> AdapterBank:
         routing = self.bank.routing
-        self.saved = (routing.row_slots, routing.single_slot, routing.groups)
-        routing.row_slots, routing.single_slot, routing.groups = None, None, []
+        self.saved = (routing.row_slots, routing.single_slot, routing.per_token, routing.plans)
+        routing.row_slots, routing.single_slot, routing.per_token, routing.plans = None, None, False, {}
         slots = self.row_slots
         if isinstance(slots, int):
             self.bank._check_slot(slots)
@@ -289,13 +328,13 @@ class _RouteContext:
             if len(distinct) == 1 and distinct[0] >= 0:
                 routing.single_slot = int(distinct[0])
             elif any(s >= 0 for s in distinct):
+                if tensor.dim() not in (1, 2):
+                    raise ValueError(f"slot routing must be [batch] or [batch, seq], got shape {tuple(tensor.shape)}")
                 device = next(iter(self.bank.layers.values())).base.weight.device
                 routing.row_slots = tensor.to(device)
-                routing.groups = [
-                    (int(slot), torch.nonzero(tensor == slot).flatten().to(device)) for slot in distinct if slot >= 0
-                ]
+                routing.per_token = tensor.dim() == 2
         return self.bank
 
     def __exit__(self, *exc) -> None:
         routing = self.bank.routing
-        routing.row_slots, routing.single_slot, routing.groups = self.saved
+        routing.row_slots, routing.single_slot, routing.per_token, routing.plans = self.saved

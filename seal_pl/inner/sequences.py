@@ -2,15 +2,20 @@
 
 A training sequence is a text plus the character offset where the loss starts (0 = loss on every
 token). Offsets are mapped to tokens through the tokenizer's offset mapping, so masking works for
-any tokenizer and any chat template: no hard-coded token ids. Two padding behaviours exist:
+any tokenizer and any chat template: no hard-coded token ids. Three batch layouts exist:
 
-* ``dynamic`` (default): pad to the longest row of the batch and exclude pads from the loss;
+* ``packed``: sequences are packed end to end into a few rows (first-fit decreasing); position ids
+  restart at 0 for every sequence, which makes the model's mask builder keep each sequence's
+  attention inside its own block, and next-token targets never cross a boundary. Almost every
+  computed token is a real training token.
+* ``dynamic``: pad to the longest row of the batch and exclude pads from the loss;
 * ``max_length`` with ``loss_on_padding=True``: the reference recipe, which pads every sequence to
   a fixed length (2048) and keeps the pad tokens (= EOS) in the loss.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -108,3 +113,77 @@ def collate(
         attention[index, :n] = 1
         labels[index, :n] = torch.tensor(row.labels)
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def pack_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """First-fit-decreasing packing of sequence lengths into bins of ``capacity`` tokens.
+
+    Returns bins as lists of indices into ``lengths``. A sequence longer than ``capacity`` gets a bin
+    of its own. Deterministic: ties keep the input order.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for index in order:
+        n = lengths[index]
+        for b, room in enumerate(free):
+            if n <= room:
+                bins[b].append(index)
+                free[b] -= n
+                break
+        else:
+            bins.append([index])
+            free.append(capacity - n)
+    return bins
+
+
+def balanced_bins(lengths: Sequence[int], pack_length: int) -> list[list[int]]:
+    """Pack into as few rows as ``pack_length`` allows, with the rows' widths evened out.
+
+    ``ceil(total / pack_length)`` bins are filled up to about the mean width (raised 5% at a time
+    until first-fit-decreasing needs no extra bin), so the rows of one forward pass carry little
+    padding tail. A sequence longer than ``pack_length`` sets the width.
+    """
+    n_bins = max(1, math.ceil(sum(lengths) / pack_length))
+    capacity = max(max(lengths), math.ceil(sum(lengths) / n_bins))
+    while True:
+        bins = pack_bins(lengths, capacity)
+        if len(bins) <= n_bins or capacity >= max(pack_length, max(lengths)):
+            return bins
+        capacity = min(max(pack_length, max(lengths)), math.ceil(capacity * 1.05))
+
+
+def collate_packed(bins: Sequence[Sequence[TokenizedSequence]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Concatenate each bin's sequences into one row; rows right-padded to the longest bin.
+
+    Returns tensors of shape [bins, width]:
+
+    * ``input_ids``;
+    * ``position_ids``: 0, 1, ... restarting at every sequence (and for the padding tail, which
+      therefore forms a block of its own);
+    * ``targets``: the label of the *next* token of the same sequence (already shifted, so logits
+      at position t are scored against ``targets[t]``); -100 at each sequence's last token and
+      on padding;
+    * ``segment``: index of the sequence (in bin order, counting across bins) that owns the token,
+      -1 on padding.
+    """
+    width = max(sum(len(row.input_ids) for row in rows) for rows in bins)
+    shape = (len(bins), width)
+    input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    targets = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
+    segment = torch.full(shape, -1, dtype=torch.long)
+    member = 0
+    for b, rows in enumerate(bins):
+        start = 0
+        for row in rows:
+            n = len(row.input_ids)
+            input_ids[b, start : start + n] = torch.tensor(row.input_ids)
+            position_ids[b, start : start + n] = torch.arange(n)
+            if n > 1:
+                targets[b, start : start + n - 1] = torch.tensor(row.labels[1:])
+            segment[b, start : start + n] = member
+            member += 1
+            start += n
+        position_ids[b, start:] = torch.arange(width - start)
+    return {"input_ids": input_ids, "position_ids": position_ids, "targets": targets, "segment": segment}

@@ -5,7 +5,9 @@ Jobs are assigned to adapter slots of an :class:`~seal_pl.inner.lora.AdapterBank
 reset to the same initial tensors and gets its own AdamW parameter group, learning rate, schedule,
 epoch count and loss normalisation. At optimizer step ``t`` every job still running contributes its
 ``t``-th step's micro-batches to one joint batch whose rows carry their slot index, so K adapters
-cost one forward/backward pass. Because the slots share no parameters, the summed loss gives each
+cost one forward/backward pass. By default the step's sequences are packed end to end into a few
+rows (each sequence attends only to itself, each token routes to its own job's adapter), so almost
+no compute goes to padding. Because the slots share no parameters, the summed loss gives each
 adapter exactly the gradient it would get alone; gradient clipping is applied per adapter, and a job
 that has finished is left out of the optimizer step. With one job this is ordinary LoRA training.
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +27,15 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from seal_pl.inner.lora import AdapterBank
-from seal_pl.inner.sequences import IGNORE_INDEX, TokenizedSequence, TrainSequence, collate, tokenize_sequence
+from seal_pl.inner.sequences import (
+    IGNORE_INDEX,
+    TokenizedSequence,
+    TrainSequence,
+    balanced_bins,
+    collate,
+    collate_packed,
+    tokenize_sequence,
+)
 
 
 @dataclass
@@ -43,9 +53,14 @@ class InnerLoopConfig:
         weight_decay: AdamW weight decay.
         max_grad_norm: per-adapter gradient clipping (0 disables).
         loss_on: ``all`` tokens, or only the ``completion`` part of each sequence.
-        padding: ``dynamic`` (pad to the longest row) or ``max_length`` (pad to ``pad_to``).
+        padding: ``packed`` (sequences of a step packed end to end into rows of ``pack_length``
+            tokens, each attending only to itself: no padding waste), ``dynamic`` (pad to the longest
+            row) or ``max_length`` (pad to ``pad_to``, the reference).
         pad_to: width for ``max_length`` padding (reference: 2048).
-        loss_on_padding: keep pad tokens in the loss (reference quirk; only meaningful with padding).
+        pack_length: row width for ``packed`` (raised to the step's longest sequence). Attention is
+            computed over the whole row, so shorter rows waste less on masked-out blocks.
+        loss_on_padding: keep pad tokens in the loss (reference quirk; needs ``max_length`` or
+            ``dynamic`` padding).
         max_length: truncate sequences to this many tokens.
         append_eos: add the EOS token after every sequence.
         shuffle: reshuffle sequences each epoch (seeded per job).
@@ -65,8 +80,9 @@ class InnerLoopConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     loss_on: str = "all"
-    padding: str = "dynamic"
+    padding: str = "packed"
     pad_to: int = 2048
+    pack_length: int = 256
     loss_on_padding: bool = False
     max_length: int = 2048
     append_eos: bool = False
@@ -82,6 +98,10 @@ class InnerLoopConfig:
             raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("batch_size and grad_accum must be >= 1")
+        if self.padding not in ("packed", "dynamic", "max_length"):
+            raise ValueError(f"padding must be packed, dynamic or max_length, got {self.padding!r}")
+        if self.padding == "packed" and self.loss_on_padding:
+            raise ValueError("loss_on_padding needs padded batches: set padding to max_length (or dynamic)")
 
 
 @dataclass
@@ -105,6 +125,19 @@ class AdaptResult:
     train_tokens: int = 0
     processed_tokens: int = 0
     seconds: float = 0.0
+
+
+def _chunks(order: list[int], widths: Sequence[int], max_tokens: int) -> Iterator[list[int]]:
+    """Cut ``order`` (indices sorted by decreasing width) into runs whose padded size
+    (rows x first row's width) stays within ``max_tokens``; a row wider than that runs alone."""
+    chunk: list[int] = []
+    for index in order:
+        if chunk and widths[chunk[0]] * (len(chunk) + 1) > max_tokens:
+            yield chunk
+            chunk = []
+        chunk.append(index)
+    if chunk:
+        yield chunk
 
 
 def _lr_lambda(schedule: str, total_steps: int, warmup: int):
@@ -192,7 +225,8 @@ class InnerLoopTrainer:
             warmup = max(c.warmup_steps, int(c.warmup_ratio * len(plan)))
             lambdas.append(_lr_lambda(c.schedule, len(plan), warmup))
         self.bank.train_mode(True)
-        optimizer = torch.optim.AdamW(groups)
+        # The fused kernel (CPU and CUDA) does one pass over all slots' tensors: same update, ~2x less time.
+        optimizer = torch.optim.AdamW(groups, fused=device.type in ("cpu", "cuda"))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=c.precision == "bf16")
         was_training = self.model.training
@@ -226,10 +260,10 @@ class InnerLoopTrainer:
 
         Each job's loss is the sum of its token losses over all micro-batches of the step divided by
         its number of loss tokens in the step (the Hugging Face Trainer's normalisation with gradient
-        accumulation), so the rows of a step can be regrouped freely: they are sorted by length and
-        cut into chunks of at most ``max_batch_tokens`` padded tokens, which keeps padding small.
-        The reference path (``loss_on_padding``) keeps its micro-batches, since there the mean runs
-        over each padded micro-batch.
+        accumulation), so the rows of a step can be regrouped freely: ``packed`` packs them end to end
+        into rows, ``dynamic`` sorts them by length; either way forward passes hold at most
+        ``max_batch_tokens`` tokens. The reference path (``loss_on_padding``) keeps its
+        micro-batches, since there the mean runs over each padded micro-batch.
         """
         c = self.config
         step_loss = {j: 0.0 for j in active}
@@ -239,72 +273,141 @@ class InnerLoopTrainer:
                 members = [(j, r) for j in active if m < len(plans[j][step]) for r in plans[j][step][m]]
                 # Mean over the micro-batch's label positions, pads included, then / micro-batches.
                 per_batch = {j: len(plans[j][step]) for j in active}
-                self._forward_backward(members, tokenized, slots, per_batch, step_loss, results, device, autocast, True)
+                batch = self._padded_batch(members, tokenized)
+                self._forward_backward(batch, slots, per_batch, step_loss, results, device, autocast, True)
+            self._count_steps(active, step_loss, results)
+            return
+        members = [(j, r) for j in active for micro in plans[j][step] for r in micro]
+        denominators = {
+            j: max(1, sum(tokenized[j][r].n_loss_tokens for micro in plans[j][step] for r in micro)) for j in active
+        }
+        lengths = [len(tokenized[j][r].input_ids) for j, r in members]
+        if c.padding == "packed":
+            self._check_packing()
+            bins = balanced_bins(lengths, c.pack_length)
+            widths = [sum(lengths[i] for i in b) for b in bins]
+            order = sorted(range(len(bins)), key=lambda b: -widths[b])
+            for chunk in _chunks(order, widths, c.max_batch_tokens):
+                batch = self._packed_batch([bins[b] for b in chunk], members, tokenized)
+                self._forward_backward(batch, slots, denominators, step_loss, results, device, autocast)
         else:
-            members = [(j, r) for j in active for micro in plans[j][step] for r in micro]
-            denominators = {
-                j: max(1, sum(tokenized[j][r].n_loss_tokens for micro in plans[j][step] for r in micro)) for j in active
-            }
-            members.sort(key=lambda m: len(tokenized[m[0]][m[1]].input_ids), reverse=True)
-            chunk: list[tuple[int, int]] = []
-            for member in members:
-                width = len(tokenized[chunk[0][0]][chunk[0][1]].input_ids) if chunk else 0
-                width = max(width, len(tokenized[member[0]][member[1]].input_ids))
-                if chunk and width * (len(chunk) + 1) > c.max_batch_tokens:
-                    self._forward_backward(chunk, tokenized, slots, denominators, step_loss, results, device, autocast)
-                    chunk = []
-                chunk.append(member)
-            if chunk:
-                self._forward_backward(chunk, tokenized, slots, denominators, step_loss, results, device, autocast)
+            order = sorted(range(len(members)), key=lambda i: -lengths[i])
+            for chunk in _chunks(order, lengths, c.max_batch_tokens):
+                batch = self._padded_batch([members[i] for i in chunk], tokenized)
+                self._forward_backward(batch, slots, denominators, step_loss, results, device, autocast)
+        self._count_steps(active, step_loss, results)
+
+    @staticmethod
+    def _count_steps(active, step_loss, results) -> None:
         for j in active:
             results[j].losses.append(step_loss[j])
             results[j].steps += 1
 
-    def _forward_backward(
-        self, members, tokenized, slots, denominators, step_loss, results, device, autocast, per_batch_mean=False
-    ) -> None:
-        """Forward and backward one batch of (job, row) members; job j's loss is divided by denominators[j]
-        (times its number of label positions in this batch when ``per_batch_mean``)."""
+    def _padded_batch(self, members, tokenized) -> dict[str, torch.Tensor]:
+        """Right-padded rows of (job, row) members; ``owner`` [batch, seq] is the job of every token."""
         c = self.config
-        rows = [tokenized[j][r] for j, r in members]
-        owners = [j for j, _ in members]
         batch = collate(
-            rows, self.tokenizer.pad_token_id, padding=c.padding, pad_to=c.pad_to, loss_on_padding=c.loss_on_padding
+            [tokenized[j][r] for j, r in members],
+            self.tokenizer.pad_token_id,
+            padding="max_length" if c.padding == "max_length" else "dynamic",
+            pad_to=c.pad_to,
+            loss_on_padding=c.loss_on_padding,
         )
+        labels = batch.pop("labels")
+        targets = torch.full_like(labels, IGNORE_INDEX)
+        targets[:, :-1] = labels[:, 1:]  # logits at t predict token t+1
+        batch["targets"] = targets
+        batch["owner"] = torch.tensor([j for j, _ in members]).unsqueeze(1).expand_as(labels)
+        return batch
+
+    def _packed_batch(self, bins, members, tokenized) -> dict[str, torch.Tensor]:
+        """Packed rows of the members in ``bins``; a padding tail is counted for its row's first job."""
+        ordered = [members[i] for b in bins for i in b]
+        batch = collate_packed(
+            [[tokenized[j][r] for j, r in (members[i] for i in b)] for b in bins], self.tokenizer.pad_token_id
+        )
+        segment = batch.pop("segment")
+        segment_owner = torch.tensor([j for j, _ in ordered])
+        first_owner = torch.tensor([members[b[0]][0] for b in bins]).unsqueeze(1).expand_as(segment)
+        batch["owner"] = torch.where(segment >= 0, segment_owner[segment.clamp(min=0)], first_owner)
+        batch["attention_mask"] = (segment >= 0).long()  # real tokens (not given to the model)
+        return batch
+
+    def _forward_backward(
+        self, batch, slots, denominators, step_loss, results, device, autocast, per_batch_mean=False
+    ) -> None:
+        """Forward and backward one batch; job j's loss is its summed token loss divided by
+        denominators[j] (times its number of label positions in this batch when ``per_batch_mean``)."""
         batch = {k: v.to(device) for k, v in batch.items()}
-        shift_labels = batch["labels"][:, 1:]  # [batch, seq-1]
-        with self.bank.route(torch.tensor([slots[j] for j in owners])), autocast:
-            token_loss = self._token_losses(batch, shift_labels)  # [batch, seq-1]
-        row_loss = token_loss.sum(dim=1)
-        row_count = (shift_labels != IGNORE_INDEX).sum(dim=1)
-        real_tokens = batch["attention_mask"].sum(dim=1)
-        owner_tensor = torch.tensor(owners, device=device)
-        total = row_loss.new_zeros(())
-        for j in sorted(set(owners)):
-            mask = owner_tensor == j
-            denominator = denominators[j] * (row_count[mask].sum().clamp(min=1) if per_batch_mean else 1)
-            job_loss = row_loss[mask].sum() / denominator
+        owner, targets, real = batch["owner"], batch["targets"], batch["attention_mask"]  # each [batch, seq]
+        slot_of_job = torch.tensor(slots, device=device)
+        packed = "position_ids" in batch
+        # Packed rows mix jobs, so they route per token; padded rows route per row.
+        routing = torch.where(real.bool(), slot_of_job[owner], -1) if packed else slot_of_job[owner[:, 0]]
+        with self.bank.route(routing), autocast:
+            token_loss = self._token_losses(batch, targets, packed)  # [batch, seq]
+        labelled = targets != IGNORE_INDEX
+        total = token_loss.new_zeros(())
+        for j in owner.unique().tolist():
+            mask = owner == j
+            denominator = denominators[j] * (labelled[mask].sum().clamp(min=1) if per_batch_mean else 1)
+            job_loss = token_loss[mask].sum() / denominator
             total = total + job_loss
             step_loss[j] += float(job_loss.detach())
-            results[j].train_tokens += int(real_tokens[mask].sum())
-            results[j].processed_tokens += int(mask.sum()) * batch["input_ids"].size(1)  # padding included
+            results[j].train_tokens += int(real[mask].sum())
+            results[j].processed_tokens += int(mask.sum())  # padding included
         total.backward()
 
-    def _token_losses(self, batch: dict[str, torch.Tensor], shift_labels: torch.Tensor) -> torch.Tensor:
-        """Per-token cross-entropy; the vocabulary projection runs only at positions with a label."""
+    def _token_losses(self, batch: dict[str, torch.Tensor], targets: torch.Tensor, packed: bool) -> torch.Tensor:
+        """Per-token cross-entropy against ``targets`` (already shifted); the vocabulary projection
+        runs only at positions with a target."""
         model = self.model
         decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
         head = model.get_output_embeddings()
-        plain_head = decoder is not None and isinstance(head, torch.nn.Linear) and not any(
-            getattr(model.config, name, None) for name in ("final_logit_softcapping", "logit_scale")
+        plain_head = (
+            decoder is not None
+            and isinstance(head, torch.nn.Linear)
+            and not any(getattr(model.config, name, None) for name in ("final_logit_softcapping", "logit_scale"))
         )
-        losses = torch.zeros(shift_labels.shape, dtype=torch.float32, device=shift_labels.device)
-        keep = shift_labels != IGNORE_INDEX
-        if plain_head:
-            hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-            logits = head(hidden[:, :-1][keep]).float()  # [n_label_tokens, vocab]
+        if packed:
+            # No attention mask: the restarting position ids tell the mask builder where blocks end.
+            inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
         else:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            logits = logits[:, :-1][keep].float()
-        losses[keep] = F.cross_entropy(logits, shift_labels[keep], reduction="none")
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        losses = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
+        keep = targets != IGNORE_INDEX
+        if plain_head:
+            hidden = decoder(**inputs, use_cache=False).last_hidden_state
+            logits = head(hidden[keep]).float()  # [n_label_tokens, vocab]
+        else:
+            logits = model(**inputs, use_cache=False).logits[keep].float()
+        losses[keep] = F.cross_entropy(logits, targets[keep], reduction="none")
         return losses
+
+    def _check_packing(self) -> None:
+        """Once per trainer: verify that this model keeps packed sequences apart (its mask builder
+        must read block boundaries from restarting position ids), else fail with a clear error."""
+        if getattr(self, "_packing_checked", False):
+            return
+        vocab = self.model.get_input_embeddings().num_embeddings
+        first, second = [i % vocab for i in (11, 12, 13, 14, 15)], [i % vocab for i in (21, 22, 23, 24)]
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), self.bank.route(None):
+                device = next(iter(self.bank.layers.values())).base.weight.device
+                alone = model(input_ids=torch.tensor([second], device=device), use_cache=False).logits[0]
+                packed = model(
+                    input_ids=torch.tensor([first + second], device=device),
+                    position_ids=torch.tensor([list(range(5)) + list(range(4))], device=device),
+                    use_cache=False,
+                ).logits[0, 5:]
+        finally:
+            model.train(was_training)
+        if not torch.allclose(alone.float(), packed.float(), atol=1e-3, rtol=1e-3):
+            raise RuntimeError(
+                f"{type(model).__name__} lets packed sequences attend across their boundaries with this "
+                "transformers version; set the inner loop's padding to 'dynamic'"
+            )
+        self._packing_checked = True
