@@ -8,7 +8,9 @@ passage, from data/knowledge/train_implications.jsonl) with the same model and e
 * achieved FLOP/s (4 x base parameters x processed tokens, padding included: frozen base, so
   forward + input-gradient only; LoRA and attention terms ignored), as a fraction of the machine's
   peak matrix-multiply FLOP/s measured in the same run (fp32 and bf16, 2048^3 products);
-* peak resident memory of the process that ran the path.
+* peak resident memory of the process that ran the path;
+* for our paths, the mean training loss over all steps of all self-edits: the same seeds and data
+  in every path, so fp32 rows agree to float noise and the bf16 rows show what bf16 changes.
 
 Paths:
 
@@ -53,6 +55,25 @@ def load_self_edits(n: int) -> list[list[str]]:
         p = passages[row["passage_id"]]
         edits.append(build_train_sequences(p.title, p.context, row["completion"]).sequences)
     return edits
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_model() -> str:
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def cpu_has(flag: str) -> bool:
+    """Whether the CPU advertises ``flag`` (e.g. ``amx_bf16``: bf16 matrix tiles, the fast bf16 path)."""
+    return any(flag in line.split() for line in _cpuinfo().splitlines() if line.startswith("flags"))
 
 
 def peak_matmul_flops(dtype_name: str, size: int = 2048, repeats: int = 10) -> float:
@@ -130,13 +151,21 @@ def run_ours(
     trainer = InnerLoopTrainer(model, tokenizer, bank, config)
     jobs = [AdaptJob([TrainSequence(s) for s in seqs], seed=i) for i, seqs in enumerate(edits)]
     real_tokens = processed_tokens = 0
+    losses: list[float] = []
     start = time.perf_counter()
     for offset in range(0, len(jobs), k):
         results = trainer.adapt(jobs[offset : offset + k])
         real_tokens += sum(r.train_tokens for r in results)
         processed_tokens += sum(r.processed_tokens for r in results)  # exact, padding included
+        losses += [loss for r in results for loss in r.losses]
     elapsed = time.perf_counter() - start
-    return {"seconds": elapsed, "real_tokens": real_tokens, "processed_tokens": processed_tokens}
+    mean_loss = sum(losses) / max(1, len(losses))
+    return {
+        "seconds": elapsed,
+        "real_tokens": real_tokens,
+        "processed_tokens": processed_tokens,
+        "mean_loss": mean_loss,
+    }
 
 
 def single(args) -> None:
@@ -214,21 +243,30 @@ def main() -> None:
             "achieved_gflops": round(flops / 1e9, 1),
             "fraction_of_peak": round(flops / peaks[precision], 3),
             "peak_rss_mb": round(result["peak_rss_mb"]),
+            "mean_loss": round(result["mean_loss"], 4) if "mean_loss" in result else None,
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
     baseline = next(r for r in rows if r["path"] == "ours-fp32-k1")["edits_per_hour"]
     reference = next((r["edits_per_hour"] for r in rows if r["path"] == "reference"), None)
-    header = f"{'path':<24} {'edits':>5} {'edits/h':>9} {'tok/s':>8} {'GFLOP/s':>8} {'of peak':>8} {'RSS MB':>7} {'vs k1':>6} {'vs ref':>7}"
+    header = f"{'path':<24} {'edits':>5} {'edits/h':>9} {'tok/s':>8} {'GFLOP/s':>8} {'of peak':>8} {'RSS MB':>7} {'vs k1':>6} {'vs ref':>7} {'loss':>7}"
     print("\n" + header)
     for r in rows:
         vs_ref = f"{r['edits_per_hour'] / reference:.1f}x" if reference else "-"
         print(
             f"{r['path']:<24} {r['edits']:>5} {r['edits_per_hour']:>9} {r['train_tokens_per_s']:>8} "
             f"{r['achieved_gflops']:>8} {100 * r['fraction_of_peak']:>7.1f}% {r['peak_rss_mb']:>7} "
-            f"{r['edits_per_hour'] / baseline:>5.1f}x {vs_ref:>7}"
+            f"{r['edits_per_hour'] / baseline:>5.1f}x {vs_ref:>7} {r['mean_loss'] if r['mean_loss'] is not None else '-':>7}"
         )
-    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()}
+    machine = {
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "amx": cpu_has("amx_bf16"),
+        "avx512_bf16": cpu_has("avx512_bf16"),
+        "python": platform.python_version(),
+    }
+    print(f"machine: {machine}")
     payload = {
         "model": args.model,
         "params": n_params,

@@ -386,7 +386,12 @@ class InnerLoopTrainer:
 
     def _check_packing(self) -> None:
         """Once per trainer: verify that this model keeps packed sequences apart (its mask builder
-        must read block boundaries from restarting position ids), else fail with a clear error."""
+        must read block boundaries from restarting position ids), else fail with a clear error.
+
+        The second of two packed sequences must match it run alone far more closely than the same
+        tokens run as one sequence (which attends across the boundary); a relative test, so bf16
+        weights pass on their own rounding noise.
+        """
         if getattr(self, "_packing_checked", False):
             return
         vocab = self.model.get_input_embeddings().num_embeddings
@@ -397,17 +402,19 @@ class InnerLoopTrainer:
         try:
             with torch.no_grad(), self.bank.route(None):
                 device = next(iter(self.bank.layers.values())).base.weight.device
-                alone = model(input_ids=torch.tensor([second], device=device), use_cache=False).logits[0]
-                packed = model(
-                    input_ids=torch.tensor([first + second], device=device),
-                    position_ids=torch.tensor([list(range(5)) + list(range(4))], device=device),
-                    use_cache=False,
-                ).logits[0, 5:]
+                both = torch.tensor([first + second], device=device)
+                alone = model(input_ids=torch.tensor([second], device=device), use_cache=False).logits[0].float()
+                positions = torch.tensor([list(range(len(first))) + list(range(len(second)))], device=device)
+                packed = model(input_ids=both, position_ids=positions, use_cache=False).logits[0, len(first) :]
+                joined = model(input_ids=both, use_cache=False).logits[0, len(first) :]
         finally:
             model.train(was_training)
-        if not torch.allclose(alone.float(), packed.float(), atol=1e-3, rtol=1e-3):
+        packed_error = (packed.float() - alone).abs().max().item()
+        joined_error = (joined.float() - alone).abs().max().item()
+        if packed_error > 1e-4 and packed_error > 0.1 * joined_error:
             raise RuntimeError(
                 f"{type(model).__name__} lets packed sequences attend across their boundaries with this "
-                "transformers version; set the inner loop's padding to 'dynamic'"
+                f"transformers version (packed vs alone: {packed_error:.3g}, joined: {joined_error:.3g}); "
+                "set the inner loop's padding to 'dynamic'"
             )
         self._packing_checked = True

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -26,6 +28,13 @@ def test_bench_inner_loop_runs_every_path(tmp_path):
         assert row["edits"] == (1 if row["path"] == "reference" else 2)
         assert row["edits_per_hour"] > 0 and row["train_tokens_per_s"] > 0 and 0 < row["fraction_of_peak"]
         assert row["path"] in printed
+    loss = {row["path"]: row["mean_loss"] for row in payload["rows"]}
+    assert loss["reference"] is None  # its loss counts pads: not comparable
+    # Same seeds and data: one at a time, batched, packed or padded train the same adapters.
+    assert loss["ours-fp32-k1"] == pytest.approx(loss["ours-fp32-k2"], rel=1e-3)
+    assert loss["ours-fp32-k2"] == pytest.approx(loss["ours-fp32-k2-dynamic"], rel=1e-3)
+    assert loss["ours-bf16-k2"] == pytest.approx(loss["ours-fp32-k2"], rel=0.05)
+    assert "machine:" in printed and "amx" in payload["machine"]
     reference = payload["rows"][0]
     # The reference pads to 64 with loss on pads: it processes more tokens than it trains on.
     assert reference["achieved_gflops"] > 0 and "vs ref" in printed

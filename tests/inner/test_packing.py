@@ -117,3 +117,16 @@ def test_packing_with_loss_on_padding_is_a_config_error():
         InnerLoopConfig(padding="packed", loss_on_padding=True)
     with pytest.raises(ValueError, match="padding must be"):
         InnerLoopConfig(padding="ragged")
+
+
+def test_a_model_that_ignores_packing_boundaries_is_a_clear_error(tiny_model, monkeypatch):
+    """If the mask builder did not read boundaries from position ids, packed sequences would attend
+    to each other: the one-time probe catches it before any training."""
+    import transformers.masking_utils
+
+    *_, trainer = make(tiny_model, slots=1)
+    monkeypatch.setattr(transformers.masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
+    with pytest.raises(RuntimeError, match="padding to 'dynamic'"):
+        trainer.adapt([AdaptJob([TrainSequence(TEXTS[0])])])
+    trainer.config = InnerLoopConfig(lr=1e-2, epochs=1, padding="dynamic")  # the way out works
+    assert trainer.adapt([AdaptJob([TrainSequence(TEXTS[0])])])[0].steps == 1
