@@ -256,6 +256,17 @@ def load_self_edits(path: str | Path) -> dict[str, list[str]]:
     return edits
 
 
+def self_edits_for(path: str | Path, passage_ids: Iterable[str], at_least: int = 1) -> dict[str, list[str]]:
+    """Load a self-edit file (:func:`load_self_edits`) and check that every one of ``passage_ids`` has
+    at least ``at_least`` self-edits; otherwise raise an error naming the file and the first ids short."""
+    edits = load_self_edits(path)
+    short = sorted({pid for pid in passage_ids if len(edits.get(pid, [])) < at_least})
+    if short:
+        what = "no self-edit" if at_least == 1 else f"fewer than {at_least} self-edits"
+        raise ValueError(f"{path}: {what} for passage ids {short[:5]}{' ...' if len(short) > 5 else ''}")
+    return edits
+
+
 def write_self_edits(path: str | Path, edits: dict[str, Sequence[str]]) -> None:
     """Write self-edits as JSONL, one ``{"passage_id", "completion"}`` line per completion.
 

@@ -30,7 +30,7 @@ from seal_pl.generation.base import GeneratorBackend
 from seal_pl.inner.lora import LoRASpec
 from seal_pl.inner.sequences import TrainSequence
 from seal_pl.inner.trainer import AdaptJob, InnerLoopConfig
-from seal_pl.knowledge.data import Passage, load_passages, load_self_edits
+from seal_pl.knowledge.data import Passage, load_passages, self_edits_for
 from seal_pl.knowledge.grading import ContainsGrader, Grader
 from seal_pl.lightning.base import InnerLoopModule, ItemDataModule
 from seal_pl.pipelines.continual import (
@@ -87,13 +87,8 @@ class ContinualDataModule(ItemDataModule):
         self.passages = load_passages(self.path)
         self.sequences = draw_sequences(len(self.passages), self.n_sequences, self.length, self.seed)
         if self.self_edits_path:
-            self.external = load_self_edits(self.self_edits_path)
-            used = {self.passages[i].id for sequence in self.sequences for i in sequence}
-            missing = sorted(pid for pid in used if not self.external.get(pid))
-            if missing:
-                raise ValueError(
-                    f"{self.self_edits_path}: no self-edit for passage ids {missing[:5]}{' ...' if len(missing) > 5 else ''}"
-                )
+            used = [self.passages[i].id for sequence in self.sequences for i in sequence]
+            self.external = self_edits_for(self.self_edits_path, used)
 
     def items(self) -> list[dict[str, Any]]:
         return [

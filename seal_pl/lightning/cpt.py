@@ -41,7 +41,7 @@ from seal_pl.generation.hf import HFGenerator
 from seal_pl.inner.lora import AdapterBank, LoRASpec
 from seal_pl.inner.sequences import TrainSequence, collate, tokenize_sequence
 from seal_pl.inner.trainer import _lr_lambda
-from seal_pl.knowledge.data import Passage, load_passages, load_self_edits, select_passages
+from seal_pl.knowledge.data import Passage, load_passages, select_passages, self_edits_for
 from seal_pl.knowledge.grading import ContainsGrader, Grader
 from seal_pl.lightning.base import InnerLoopModule
 from seal_pl.models.loading import load_model_and_tokenizer
@@ -125,13 +125,8 @@ class CPTDataModule(pl.LightningDataModule):
         self.passages = select_passages(load_passages(self.path), seed=self.seed, start=self.start, limit=self.limit)
         self.eval_passages = select_eval_questions(self.passages, self.eval_question_limit, self.eval_question_seed)
         if self.self_edits_path and self.k_completions > 0:
-            self.external = load_self_edits(self.self_edits_path)
-            short = [p.id for p in self.passages if len(self.external.get(p.id, [])) < self.k_completions]
-            if short:
-                raise ValueError(
-                    f"{self.self_edits_path}: fewer than {self.k_completions} self-edits for passage ids "
-                    f"{short[:5]}{' ...' if len(short) > 5 else ''}"
-                )
+            ids = [p.id for p in self.passages]
+            self.external = self_edits_for(self.self_edits_path, ids, at_least=self.k_completions)
 
     def train_dataloader(self) -> DataLoader:
         module = self.trainer.lightning_module

@@ -18,7 +18,7 @@ import torch
 from seal_pl.generation.base import GeneratorBackend
 from seal_pl.inner.lora import LoRASpec
 from seal_pl.inner.trainer import InnerLoopConfig
-from seal_pl.knowledge.data import Passage, load_passages, load_self_edits, select_passages
+from seal_pl.knowledge.data import Passage, load_passages, select_passages, self_edits_for
 from seal_pl.knowledge.grading import ContainsGrader, Grader
 from seal_pl.lightning.base import InnerLoopModule, ItemDataModule
 from seal_pl.pipelines.knowledge import (
@@ -65,13 +65,7 @@ class KnowledgeDataModule(ItemDataModule):
     def setup(self, stage: str) -> None:
         self.passages = select_passages(load_passages(self.path), seed=self.seed, start=self.start, limit=self.limit)
         if self.self_edits_path:
-            self.external = load_self_edits(self.self_edits_path)
-            missing = [p.id for p in self.passages if p.id not in self.external]
-            if missing:
-                raise ValueError(
-                    f"{self.self_edits_path}: no self-edits for passage ids {missing[:5]}"
-                    f"{' ...' if len(missing) > 5 else ''}"
-                )
+            self.external = self_edits_for(self.self_edits_path, [p.id for p in self.passages])
 
     def items(self) -> list[dict[str, Any]]:
         return [

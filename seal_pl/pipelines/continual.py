@@ -422,7 +422,20 @@ class Replay(ContinualStrategy):
         return {"name": self.name, "fraction": self.fraction, "count": self.count}
 
 
-class Route(ContinualStrategy):
+class _AdapterPerPassage(ContinualStrategy):
+    """No merge: update ``k`` trains a fresh adapter in slot ``k`` on the unchanged base weights."""
+
+    def adapter_slots(self, length: int) -> int:
+        return length
+
+    def train_slot(self, step: int) -> int:
+        return step
+
+    def after_update(self, bank: AdapterBank, step: int, slot: int) -> None:
+        return None
+
+
+class Route(_AdapterPerPassage):
     """No merge: one adapter slot per passage; a question is answered by its own passage's adapter.
 
     This routing uses knowledge of which passage a question belongs to (an oracle router; with the
@@ -432,20 +445,11 @@ class Route(ContinualStrategy):
 
     name = "route"
 
-    def adapter_slots(self, length: int) -> int:
-        return length
-
-    def train_slot(self, step: int) -> int:
-        return step
-
-    def after_update(self, bank: AdapterBank, step: int, slot: int) -> None:
-        return None
-
     def answer_slot(self, passage_index: int, updates: int) -> int | None:
         return passage_index if passage_index < updates else None
 
 
-class Compose(ContinualStrategy):
+class Compose(_AdapterPerPassage):
     """No merge: one adapter per passage, each trained on the base weights; their sum is the current model.
 
     Unlike :class:`Route` it needs no router (every question sees the sum of all adapters so far);
@@ -454,15 +458,6 @@ class Compose(ContinualStrategy):
     """
 
     name = "compose"
-
-    def adapter_slots(self, length: int) -> int:
-        return length
-
-    def train_slot(self, step: int) -> int:
-        return step
-
-    def after_update(self, bank: AdapterBank, step: int, slot: int) -> None:
-        return None
 
     @contextmanager
     def current_model(self, bank: AdapterBank, updates: int) -> Iterator[None]:

@@ -17,6 +17,7 @@ from seal_pl.knowledge.data import (
     load_passages,
     load_self_edits,
     select_passages,
+    self_edits_for,
     slugify,
     write_passages,
     write_self_edits,
@@ -470,3 +471,13 @@ def test_self_edits_jsonl_lines_accumulate_and_round_trip(tmp_path: Path) -> Non
 def test_malformed_self_edit_files_name_file_and_record(tmp_path: Path, content: Any, message: str) -> None:
     with pytest.raises(SquadFormatError, match=message):
         load_self_edits(write_json(tmp_path / "edits.json", content))
+
+
+def test_self_edits_for_checks_every_passage_has_enough(tmp_path: Path) -> None:
+    path = tmp_path / "edits.jsonl"
+    write_self_edits(path, {"orvel": ["A", "B"], "reef": ["C"]})
+    assert self_edits_for(path, ["orvel", "reef"]) == {"orvel": ["A", "B"], "reef": ["C"]}
+    with pytest.raises(ValueError, match=r"edits.jsonl: fewer than 2 self-edits for passage ids \['reef'\]"):
+        self_edits_for(path, ["orvel", "reef"], at_least=2)
+    with pytest.raises(ValueError, match=r"no self-edit for passage ids \['lake'\]"):
+        self_edits_for(path, ["lake", "orvel", "lake"])
