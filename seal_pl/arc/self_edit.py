@@ -11,14 +11,17 @@ run that will adapt it to that task::
 This module holds the typed form (:class:`SelfEditConfig`), a parser that never raises and
 explains every rejection (:func:`parse_self_edit`), the compute cap (runs needing more than 375
 optimizer steps at batch size 2 are not trained), the prompt that asks for a self-edit, and the
-human-chosen "oracle" recipe.
+human-chosen "oracle" recipe, and a schema-guided sampler (:func:`sample_schema_self_edits`)
+that lets a model too small to write JSON still choose every field itself.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -227,6 +230,91 @@ def parse_self_edit(
         return ParseResult(_validate(obj, lr_range, max_epochs))
     except _Invalid as error:
         return ParseResult(None, str(error))
+
+
+# --------------------------------------------------------------------------- schema-guided self-edits
+ScoreOptions = Callable[[Sequence[str], Sequence[Sequence[str]]], list[list[float]]]
+"""``score(prefixes, options)``: for each prefix, the log-probability of ``prefix + option`` for each
+of its options (only differences between one prefix's options matter)."""
+
+
+def schema_fields(
+    lr_choices: Sequence[float], epoch_choices: Sequence[int]
+) -> list[tuple[str, str, list[tuple[Any, str]]]]:
+    """The self-edit's fields in writing order: ``(name, literal text before the value, options)``.
+
+    Each option is ``(value, text)``, the text being the value as JSON. Concatenating every literal
+    and chosen text gives exactly :meth:`SelfEditConfig.to_json` of the chosen config.
+    """
+    if not lr_choices or not epoch_choices:
+        raise ValueError("schema-guided self-edits need at least one learning rate and one epoch count")
+    booleans = [(True, "true"), (False, "false")]
+    fields: list[tuple[str, str, list[tuple[Any, str]]]] = []
+    for index, (name, key) in enumerate(FAMILY_KEYS.items()):
+        opening = '{"data_generation": {' if index == 0 else ", "
+        fields.append((name, f'{opening}"{key}": ', booleans))
+    strategies = [(name, json.dumps(text)) for name, text in STRATEGY_TO_JSON.items()]
+    fields.append(("strategy", '}, "training": {"strategy": ', strategies))
+    fields.append(("learning_rate", ', "learning_rate": ', [(float(v), json.dumps(float(v))) for v in lr_choices]))
+    fields.append(("epochs", ', "num_train_epochs": ', [(int(v), json.dumps(int(v))) for v in epoch_choices]))
+    return fields
+
+
+def sample_schema_self_edits(
+    score: ScoreOptions,
+    n: int,
+    seeds: Sequence[int],
+    lr_choices: Sequence[float],
+    epoch_choices: Sequence[int],
+    temperature: float = 1.0,
+) -> list[tuple[SelfEditConfig, str, dict[str, dict[str, float]]]]:
+    """Write ``n`` self-edits field by field, each field's value drawn among its allowed options.
+
+    At every field the model scores each option after the text written so far; the option is drawn
+    from ``softmax(log p / temperature)`` with ``random.Random(seeds[i])`` for sample ``i``
+    (``temperature`` 0 takes the most likely one). All ``n`` samples are scored in one call per
+    field. The result is valid by construction, so even a model that cannot write JSON yields
+    self-edits whose choices reflect its own preferences, which ReST-EM can then sharpen.
+
+    Returns ``(config, text, probabilities)`` per sample: ``text`` is the JSON the policy is trained
+    on, ``probabilities`` maps each field to its options' probabilities when it was drawn.
+    """
+    if len(seeds) != n:
+        raise ValueError(f"need one seed per sample: {n} samples, {len(seeds)} seeds")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    fields = schema_fields(lr_choices, epoch_choices)
+    rngs = [random.Random(seed) for seed in seeds]
+    texts = [""] * n
+    values: list[dict[str, Any]] = [{} for _ in range(n)]
+    probabilities: list[dict[str, dict[str, float]]] = [{} for _ in range(n)]
+    for name, literal, options in fields:
+        prefixes = [text + literal for text in texts]
+        scores = score(prefixes, [[text for _, text in options]] * n)
+        for i in range(n):
+            if len(scores[i]) != len(options):
+                raise ValueError(f"scorer returned {len(scores[i])} scores for {len(options)} options of {name!r}")
+            weights = _softmax(scores[i], temperature)
+            choice = rngs[i].choices(range(len(options)), weights=weights)[0]
+            values[i][name] = options[choice][0]
+            texts[i] = prefixes[i] + options[choice][1]
+            probabilities[i][name] = {text: round(w, 4) for (_, text), w in zip(options, weights)}
+    results = []
+    for i in range(n):
+        config = SelfEditConfig(**values[i])
+        text = texts[i] + "}}"
+        results.append((config, text, probabilities[i]))
+    return results
+
+
+def _softmax(scores: Sequence[float], temperature: float) -> list[float]:
+    if temperature == 0:
+        best = max(range(len(scores)), key=lambda j: scores[j])
+        return [1.0 if j == best else 0.0 for j in range(len(scores))]
+    top = max(scores)
+    exps = [math.exp((value - top) / temperature) for value in scores]
+    total = sum(exps)
+    return [value / total for value in exps]
 
 
 def training_steps(config: SelfEditConfig, n_examples: int, batch_size: int = 2) -> int:

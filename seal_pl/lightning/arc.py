@@ -51,8 +51,10 @@ from seal_pl.pipelines.arc import (
     MODES,
     ARCPipeline,
     ARCSettings,
+    FreeTextSelfEdits,
     Outcome,
     SelfEditSample,
+    SelfEditWriter,
     fixed_edit,
     success_rate,
     task_seed,
@@ -171,6 +173,9 @@ class ARCTTTModule(InnerLoopModule):
             by the adapted model's log-likelihood across views instead (``configs/arc/voting_likelihood.yaml``).
         adapters: adapter slots, i.e. self-edits trained (and answered) together (default 1).
         generator: generation backend (default: Hugging Face generate).
+        self_edit_writer: how ``self_edit`` mode writes self-edits: ``FreeTextSelfEdits`` (default,
+            the reference: free JSON, resampled until it parses) or ``SchemaSelfEdits`` (each field
+            chosen among allowed options by the model's likelihood: always valid).
         seed: base seed; task ``t`` uses ``seed + crc32(t)`` (independent of order and rank).
     """
 
@@ -186,6 +191,7 @@ class ARCTTTModule(InnerLoopModule):
         settings: ARCSettings | None = None,
         adapters: int = 1,
         generator: GeneratorBackend | None = None,
+        self_edit_writer: SelfEditWriter | None = None,
         seed: int = 0,
     ):
         if mode not in MODES:
@@ -199,6 +205,7 @@ class ARCTTTModule(InnerLoopModule):
         self.fixed_config = fixed_config or oracle_config()
         self.n_self_edits = n_self_edits if mode == "self_edit" else 1
         self.settings = settings or ARCSettings()
+        self.self_edit_writer = self_edit_writer or FreeTextSelfEdits()
         self.seed = seed
         self.pipeline: ARCPipeline | None = None
         self._done: set[str] = set()
@@ -212,7 +219,9 @@ class ARCTTTModule(InnerLoopModule):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         trainer = self.inner_trainer if self.mode != "icl" else None
-        self.pipeline = ARCPipeline(self.tokenizer, self.generator, trainer, self.settings)
+        self.pipeline = ARCPipeline(
+            self.tokenizer, self.generator, trainer, self.settings, writer=self.self_edit_writer
+        )
 
     # ---------------------------------------------------------------------------------- stages
     def _begin(self) -> None:

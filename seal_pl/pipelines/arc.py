@@ -45,6 +45,7 @@ from seal_pl.arc.scoring import LIKELIHOOD_VIEWS, ScoringPlan, plan_scoring
 from seal_pl.arc.self_edit import (
     SelfEditConfig,
     parse_self_edit,
+    sample_schema_self_edits,
     self_edit_prompt,
     training_steps,
 )
@@ -295,9 +296,10 @@ class ARCPipeline:
         generator: a backend bound to the same model, tokenizer and adapter bank.
         trainer: the shared inner loop (``None`` is enough for ``icl``).
         settings: data, inference and self-edit settings.
-        scorer: for ``voting: likelihood``, anything with ``score([ScoreRequest, ...]) -> [float]``;
-            default: a :class:`TeacherForcedScorer` bound to the generator's model, tokenizer and
-            adapter bank (built on first use).
+        scorer: for ``voting: likelihood`` (and :class:`SchemaSelfEdits`), anything with
+            ``score([ScoreRequest, ...]) -> [float]``; default: a :class:`TeacherForcedScorer` bound
+            to the generator's model, tokenizer and adapter bank (built on first use).
+        writer: how self-edits are written (default :class:`FreeTextSelfEdits`).
     """
 
     def __init__(
@@ -307,8 +309,10 @@ class ARCPipeline:
         trainer: InnerLoopTrainer | None = None,
         settings: ARCSettings | None = None,
         scorer=None,
+        writer: SelfEditWriter | None = None,
     ):
         self.tokenizer = tokenizer
+        self.writer = writer or FreeTextSelfEdits()
         self.generator = generator
         self.trainer = trainer
         self.settings = settings or ARCSettings()
@@ -567,12 +571,13 @@ class ARCPipeline:
         return self._record(subtask, views, predictions, view_records, budget)
 
     def likelihood_scorer(self):
-        """The scorer of ``voting: likelihood`` (a :class:`TeacherForcedScorer` on the generator's model)."""
+        """The scorer of ``voting: likelihood`` and :class:`SchemaSelfEdits` (a :class:`TeacherForcedScorer`
+        on the generator's model)."""
         if self.scorer is None:
             model = getattr(self.generator, "model", None)
             if model is None:
                 raise RuntimeError(
-                    "voting 'likelihood' scores answers with the model: bind the generator to a model "
+                    "voting 'likelihood' and SchemaSelfEdits score text with the model: bind the generator to a model "
                     "or pass ARCPipeline(scorer=...)"
                 )
             s = self.settings
@@ -622,33 +627,9 @@ class ARCPipeline:
         return messages
 
     def sample_self_edits(self, task: Task, n: int | Sequence[int], seed: int) -> list[SelfEditSample]:
-        """Self-edits for a task: ``n`` of them, or the given edit indices; each index is
-        resampled up to ``max_attempts`` times until it parses.
-
-        Every round samples all indices still lacking a valid config in one batched call (seed
-        ``seed + 1000 * round``). Every sample and its parse outcome are kept in ``attempts``; an
-        index still invalid after the last round keeps its last completion and rejection reason.
-        """
-        s = self.settings
+        """Self-edits for a task: ``n`` of them, or the given edit indices, written by ``writer``."""
         indices = list(range(n)) if isinstance(n, int) else list(n)
-        samples = {k: SelfEditSample(k, "", None, "not sampled") for k in indices}
-        pending = list(indices)
-        prompt = self.self_edit_messages(task)
-        for attempt in range(s.max_attempts):
-            if not pending:
-                break
-            params = SamplingParams(**{**asdict(s.self_edit_sampling), "seed": seed + 1000 * attempt})
-            outputs = self.generator.generate([prompt] * len(pending), params)
-            still = []
-            for k, text in zip(pending, outputs):
-                parsed = parse_self_edit(text, lr_range=tuple(s.lr_range), max_epochs=s.max_epochs)
-                sample = samples[k]
-                sample.attempts.append({"completion": text, "valid": parsed.ok, "reason": parsed.error})
-                sample.completion, sample.config, sample.reason = text, parsed.config, parsed.error
-                if not parsed.ok:
-                    still.append(k)
-            pending = still
-        return [samples[k] for k in indices]
+        return self.writer.write(self, task, indices, seed)
 
     # ------------------------------------------------------------------------------- evaluation
     def run_icl(self, task_id: str, subtasks: Sequence[Task]) -> Outcome:
@@ -750,6 +731,108 @@ class ARCPipeline:
                 outcome.subtasks, outcome.infer_seconds = per_slot, seconds
                 emit(outcome)
         return sorted(outcomes, key=lambda outcome: outcome.edit_index)
+
+
+# ------------------------------------------------------------------------------------------------
+# How self-edits are written
+
+
+class SelfEditWriter:
+    """Writes a task's self-edits (chosen in config by ``class_path``)."""
+
+    def write(self, pipeline: ARCPipeline, task: Task, indices: list[int], seed: int) -> list[SelfEditSample]:
+        raise NotImplementedError
+
+
+class FreeTextSelfEdits(SelfEditWriter):
+    """The reference: the model writes the JSON freely; a reply that does not parse is resampled.
+
+    Each index is sampled up to ``settings.max_attempts`` times with ``settings.self_edit_sampling``.
+    Every round samples all indices still lacking a valid config in one batched call (seed
+    ``seed + 1000 * round``). Every sample and its parse outcome are kept in ``attempts``; an index
+    still invalid after the last round keeps its last completion and rejection reason (reward 0).
+    """
+
+    def write(self, pipeline: ARCPipeline, task: Task, indices: list[int], seed: int) -> list[SelfEditSample]:
+        s = pipeline.settings
+        samples = {k: SelfEditSample(k, "", None, "not sampled") for k in indices}
+        pending = list(indices)
+        prompt = pipeline.self_edit_messages(task)
+        for attempt in range(s.max_attempts):
+            if not pending:
+                break
+            params = SamplingParams(**{**asdict(s.self_edit_sampling), "seed": seed + 1000 * attempt})
+            outputs = pipeline.generator.generate([prompt] * len(pending), params)
+            still = []
+            for k, text in zip(pending, outputs):
+                parsed = parse_self_edit(text, lr_range=tuple(s.lr_range), max_epochs=s.max_epochs)
+                sample = samples[k]
+                sample.attempts.append({"completion": text, "valid": parsed.ok, "reason": parsed.error})
+                sample.completion, sample.config, sample.reason = text, parsed.config, parsed.error
+                if not parsed.ok:
+                    still.append(k)
+            pending = still
+        return [samples[k] for k in indices]
+
+
+class SchemaSelfEdits(SelfEditWriter):
+    """Beyond the reference: the model picks every field's value among allowed options, by likelihood.
+
+    The JSON layout is fixed; at each field (four families, strategy, learning rate, epochs) the
+    policy scores every option after the text so far (teacher forcing, one batched call per field
+    for all indices) and one is drawn from ``softmax(log p / temperature)``. Every self-edit is
+    valid, so a small model that never writes parseable JSON still expresses its preferences, and
+    ReST-EM's SFT on the kept JSON texts shifts them. Index ``k`` uses seed ``seed + k``.
+
+    Args:
+        lr_choices: learning rates on offer (must lie in ``settings.lr_range``).
+        epoch_choices: epoch counts on offer (1..``settings.max_epochs``).
+        temperature: sampling temperature over the options (0 = most likely option).
+    """
+
+    def __init__(
+        self,
+        lr_choices: list[float] | None = None,
+        epoch_choices: list[int] | None = None,
+        temperature: float = 1.0,
+    ):
+        self.lr_choices = list(lr_choices or [1e-5, 5e-5, 1e-4, 3e-4, 1e-3])
+        self.epoch_choices = list(epoch_choices or [1, 2, 3, 4, 5])
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        self.temperature = temperature
+
+    def write(self, pipeline: ARCPipeline, task: Task, indices: list[int], seed: int) -> list[SelfEditSample]:
+        s = pipeline.settings
+        low, high = s.lr_range
+        if any(not low <= lr <= high for lr in self.lr_choices):
+            raise ValueError(
+                f"SchemaSelfEdits: lr_choices {self.lr_choices} must lie in settings.lr_range {s.lr_range}"
+            )
+        if any(not 1 <= e <= s.max_epochs for e in self.epoch_choices):
+            raise ValueError(f"SchemaSelfEdits: epoch_choices {self.epoch_choices} must lie in 1..{s.max_epochs}")
+        scorer = pipeline.likelihood_scorer()
+        prompt = pipeline.self_edit_messages(task)
+
+        def score(prefixes, options):
+            requests = [
+                ScoreRequest(prompt, prefix + option) for prefix, opts in zip(prefixes, options) for option in opts
+            ]
+            flat = scorer.score(requests)
+            out, cursor = [], 0
+            for opts in options:
+                out.append(list(flat[cursor : cursor + len(opts)]))
+                cursor += len(opts)
+            return out
+
+        written = sample_schema_self_edits(
+            score, len(indices), [seed + k for k in indices], self.lr_choices, self.epoch_choices, self.temperature
+        )
+        samples = []
+        for k, (config, text, probabilities) in zip(indices, written):
+            attempt = {"completion": text, "valid": True, "reason": None, "option_probabilities": probabilities}
+            samples.append(SelfEditSample(k, text, config, None, [attempt]))
+        return samples
 
 
 def _set_verdict(record: dict[str, Any], subtask: Task) -> None:

@@ -198,3 +198,56 @@ def test_self_edit_prompt_layout():
     ]:
         assert needle in instruction
     assert self_edit_prompt(task, instruction="Pick.").endswith(SEPARATOR + "\n\nPick.")
+
+
+# ------------------------------------------------------------------------ schema-guided self-edits
+def _prefer(preferred: dict[str, str]):
+    """A scorer that puts log-prob 0 on the preferred option text of each field and -5 elsewhere."""
+    from seal_pl.arc.self_edit import schema_fields
+
+    literal_to_field = {literal: name for name, literal, _ in schema_fields([1e-4], [1])}
+    calls = []
+
+    def score(prefixes, options):
+        calls.append((list(prefixes), [list(o) for o in options]))
+        field = next(name for literal, name in literal_to_field.items() if prefixes[0].endswith(literal))
+        return [[0.0 if text == preferred.get(field) else -5.0 for text in opts] for opts in options]
+
+    return score, calls
+
+
+def test_schema_self_edits_are_valid_json_equal_to_their_config():
+    from seal_pl.arc.self_edit import sample_schema_self_edits
+
+    score, calls = _prefer({})  # every option equally likely
+    results = sample_schema_self_edits(score, 6, list(range(6)), [1e-5, 1e-4, 1e-3], [1, 2, 3], temperature=1.0)
+    assert len(calls) == 7  # one batched call per field, all samples together
+    assert all(len(prefixes) == 6 for prefixes, _ in calls)
+    for config, text, probabilities in results:
+        assert text == config.to_json()
+        parsed = parse_self_edit(text)
+        assert parsed.ok and parsed.config == config
+        assert set(probabilities) == {"basic", "size", "chain", "repeat", "strategy", "learning_rate", "epochs"}
+        assert probabilities["learning_rate"] == {"1e-05": 0.3333, "0.0001": 0.3333, "0.001": 0.3333}
+    assert len({text for _, text, _ in results}) > 1  # uniform options: the samples differ
+
+
+def test_schema_self_edits_follow_the_scores_and_seeds():
+    from seal_pl.arc.self_edit import sample_schema_self_edits
+
+    preferred = {"basic": "false", "size": "true", "chain": "false", "repeat": "true",
+                 "strategy": '"train_using_all_tokens"', "learning_rate": "0.001", "epochs": "3"}  # fmt: skip
+    score, _ = _prefer(preferred)
+    greedy = sample_schema_self_edits(score, 2, [0, 1], [1e-4, 1e-3], [1, 3], temperature=0)
+    expected = SelfEditConfig(
+        basic=False, size=True, chain=False, repeat=True, strategy="all_tokens", learning_rate=1e-3, epochs=3
+    )
+    assert [config for config, _, _ in greedy] == [expected, expected]
+    # Temperature 1: exp(-5) odds, so nearly always the preferred value; same seeds, same draws.
+    first = sample_schema_self_edits(score, 4, [7, 8, 9, 10], [1e-4, 1e-3], [1, 3])
+    again = sample_schema_self_edits(score, 4, [7, 8, 9, 10], [1e-4, 1e-3], [1, 3])
+    assert first == again
+    with pytest.raises(ValueError, match="one seed per sample"):
+        sample_schema_self_edits(score, 2, [0], [1e-4], [1])
+    with pytest.raises(ValueError, match="temperature"):
+        sample_schema_self_edits(score, 1, [0], [1e-4], [1], temperature=-1)

@@ -228,3 +228,23 @@ def test_voting_overlay_composes_with_a_base_config(capsys):
             ]
         )
     assert exit_info.value.code not in (0, None)
+
+
+def test_schema_self_edits_end_to_end(tmp_path):
+    """``self_edit_writer: SchemaSelfEdits`` through the CLI: every self-edit valid and trained, no
+    free-text generation; the JSON is what ReST-EM would train on."""
+    overlay = tmp_path / "schema.yaml"
+    writer = {
+        "class_path": "seal_pl.pipelines.arc.SchemaSelfEdits",
+        "init_args": {"lr_choices": [1e-3], "epoch_choices": [1], "temperature": 1.0},
+    }
+    overlay.write_text(yaml.safe_dump({"model": {"init_args": {"self_edit_writer": writer}}}))
+    run_dir = run(tmp_path, "self_edit.yaml", "schema", overlays=(str(overlay),))
+    results = check_common(run_dir, "self_edit", 2)
+    assert results["self_edits"]["valid"] == 2 and results["self_edits"]["invalid"] == 0
+    edits = lines(run_dir / "edits.jsonl")
+    for edit in edits:
+        config = json.loads(edit["completion"])
+        assert edit["valid"] and edit["trained"]
+        assert config["training"] == {"strategy": config["training"]["strategy"], "learning_rate": 0.001,
+                                      "num_train_epochs": 1}  # fmt: skip

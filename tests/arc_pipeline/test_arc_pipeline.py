@@ -281,3 +281,39 @@ def test_outcome_with_unknown_answers_has_no_reward():
 
     _finalize(outcome)
     assert outcome.solved is None and outcome.reward is None
+
+
+def test_schema_writer_gives_valid_self_edits_from_the_models_likelihoods(tiny_model, rotate_task):
+    """SchemaSelfEdits: the tiny random model never writes JSON, yet every self-edit is valid, drawn
+    from its own option likelihoods, reproducible per index, and trainable by run_configs."""
+    from seal_pl.pipelines.arc import SchemaSelfEdits
+
+    model, tokenizer, bank, trainer = make_trainer(tiny_model)
+    generator = ScriptedGenerator(lambda prompt: "never called")
+    generator.model, generator.bank = model, bank
+    writer = SchemaSelfEdits(lr_choices=[1e-4, 1e-3], epoch_choices=[1, 2], temperature=1.0)
+    pipeline = ARCPipeline(tokenizer, generator, trainer, small_settings(), writer=writer)
+    samples = pipeline.sample_self_edits(rotate_task, 3, seed=11)
+    assert generator.calls == []  # scored, not generated
+    assert [s.edit_index for s in samples] == [0, 1, 2] and all(s.valid and s.reason is None for s in samples)
+    for sample in samples:
+        assert sample.completion == sample.config.to_json()
+        probabilities = sample.attempts[0]["option_probabilities"]
+        assert sum(probabilities["epochs"].values()) == pytest.approx(1.0, abs=1e-3)
+        assert sample.config.learning_rate in (1e-4, 1e-3) and sample.config.epochs in (1, 2)
+    # Index k depends only on seed + k: resampling index 2 alone gives the same self-edit.
+    (again,) = pipeline.sample_self_edits(rotate_task, [2], seed=11)
+    assert again.config == samples[2].config and again.completion == samples[2].completion
+    outcomes = pipeline.run_configs("6150a2bd", [rotate_task], samples[:1], mode="self_edit", seed=3)
+    assert outcomes[0].valid and outcomes[0].trained
+
+
+def test_schema_writer_rejects_options_outside_the_settings(tiny_model, rotate_task):
+    from seal_pl.pipelines.arc import SchemaSelfEdits
+
+    _, tokenizer = tiny_model
+    pipeline = ARCPipeline(tokenizer, ScriptedGenerator(str), settings=small_settings(), writer=SchemaSelfEdits([0.5]))
+    with pytest.raises(ValueError, match="lr_choices"):
+        pipeline.sample_self_edits(rotate_task, 1, seed=0)
+    with pytest.raises(ValueError, match="temperature"):
+        SchemaSelfEdits(temperature=-0.1)
