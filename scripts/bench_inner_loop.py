@@ -8,7 +8,7 @@ passage, from data/knowledge/train_implications.jsonl) with the same model and e
 * achieved FLOP/s (4 x base parameters x processed tokens, padding included: frozen base, so
   forward + input-gradient only; LoRA and attention terms ignored), as a fraction of the machine's
   peak matrix-multiply FLOP/s measured in the same run (fp32 and bf16, 2048^3 products);
-* peak resident memory of the process that ran the path;
+* peak resident memory of the process that ran the path (and peak GPU memory with ``--device cuda``);
 * for our paths, the mean training loss over all steps of all self-edits: the same seeds and data
   in every path, so fp32 rows agree to float noise and the bf16 rows show what bf16 changes.
 
@@ -76,21 +76,34 @@ def cpu_has(flag: str) -> bool:
     return any(flag in line.split() for line in _cpuinfo().splitlines() if line.startswith("flags"))
 
 
-def peak_matmul_flops(dtype_name: str, size: int = 2048, repeats: int = 10) -> float:
+def peak_matmul_flops(dtype_name: str, device: str = "cpu", size: int = 2048, repeats: int = 10) -> float:
     import torch
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
+    if device != "cpu":
+        size, repeats = 8192, 50  # large enough to saturate an accelerator
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
     for _ in range(2):
         a @ b
+    _sync(device)
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    _sync(device)
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
-def run_reference(model_name: str, edits: list[list[str]], epochs: int, lr: float, pad_to: int) -> dict:
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_reference(
+    model_name: str, edits: list[list[str]], epochs: int, lr: float, pad_to: int, device: str = "cpu"
+) -> dict:
     """PEFT wrap + HF Trainer per self-edit, padded to ``pad_to`` with loss on pads, batch 1."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -129,7 +142,7 @@ def run_reference(model_name: str, edits: list[list[str]], epochs: int, lr: floa
             logging_strategy="no",
             save_strategy="no",
             report_to=[],
-            use_cpu=not torch.cuda.is_available(),
+            use_cpu=device == "cpu",
             bf16=False,
             disable_tqdm=True,
         )
@@ -140,12 +153,20 @@ def run_reference(model_name: str, edits: list[list[str]], epochs: int, lr: floa
 
 
 def run_ours(
-    model_name: str, edits: list[list[str]], epochs: int, lr: float, k: int, precision: str, padding: str
+    model_name: str,
+    edits: list[list[str]],
+    epochs: int,
+    lr: float,
+    k: int,
+    precision: str,
+    padding: str,
+    device: str = "cpu",
 ) -> dict:
     from seal_pl.inner import AdapterBank, AdaptJob, InnerLoopConfig, InnerLoopTrainer, LoRASpec, TrainSequence
     from seal_pl.models.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(model_name)
+    model.to(device)
     bank = AdapterBank(model, LoRASpec(r=32, alpha=64, target_modules=["q_proj", "v_proj"]), slots=k)
     config = InnerLoopConfig(lr=lr, epochs=epochs, batch_size=1, precision=precision, padding=padding)
     trainer = InnerLoopTrainer(model, tokenizer, bank, config)
@@ -158,6 +179,7 @@ def run_ours(
         real_tokens += sum(r.train_tokens for r in results)
         processed_tokens += sum(r.processed_tokens for r in results)  # exact, padding included
         losses += [loss for r in results for loss in r.losses]
+    _sync(device)
     elapsed = time.perf_counter() - start
     mean_loss = sum(losses) / max(1, len(losses))
     return {
@@ -172,11 +194,16 @@ def single(args) -> None:
     """Run one path in this process and print its JSON result."""
     edits = load_self_edits(args.edits)
     if args.path == "reference":
-        result = run_reference(args.model, edits, args.epochs, args.lr, args.pad_to)
+        result = run_reference(args.model, edits, args.epochs, args.lr, args.pad_to, args.device)
     else:
         _, precision, k, *padding = args.path.split("-")
-        result = run_ours(args.model, edits, args.epochs, args.lr, int(k[1:]), precision, (padding or ["packed"])[0])
+        padding = (padding or ["packed"])[0]
+        result = run_ours(args.model, edits, args.epochs, args.lr, int(k[1:]), precision, padding, args.device)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.device.startswith("cuda"):
+        import torch
+
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     result["edits"] = len(edits)
     print("RESULT " + json.dumps(result))
 
@@ -192,6 +219,7 @@ def main() -> None:
     parser.add_argument("--reference-edits", type=int, default=2, help="self-edits for the (slow) reference path")
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--compare-dynamic", action="store_true", help="also run the largest K without packing")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine (not yet run on one)")
     parser.add_argument("--out", default="bench_inner_loop.json")
     parser.add_argument("--path", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -204,7 +232,7 @@ def main() -> None:
     model, _ = load_model_and_tokenizer(args.model)
     n_params = sum(p.numel() for p in model.parameters())
     del model
-    peaks = {name: peak_matmul_flops(name) for name in ("fp32", "bf16")}
+    peaks = {name: peak_matmul_flops(name, args.device) for name in ("fp32", "bf16")}
     paths = [] if args.skip_reference else ["reference"]
     paths += ["ours-fp32-k1"] + [
         f"ours-{p}-k{k}" for p in ("fp32", "bf16") for k in args.ks if not (p == "fp32" and k == 1)
@@ -229,6 +257,8 @@ def main() -> None:
             str(args.lr),
             "--pad-to",
             str(args.pad_to),
+            "--device",
+            args.device,
         ]
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         result = json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
@@ -243,6 +273,7 @@ def main() -> None:
             "achieved_gflops": round(flops / 1e9, 1),
             "fraction_of_peak": round(flops / peaks[precision], 3),
             "peak_rss_mb": round(result["peak_rss_mb"]),
+            "peak_gpu_mb": round(result["peak_gpu_mb"]) if "peak_gpu_mb" in result else None,
             "mean_loss": round(result["mean_loss"], 4) if "mean_loss" in result else None,
         }
         rows.append(row)
@@ -265,7 +296,12 @@ def main() -> None:
         "amx": cpu_has("amx_bf16"),
         "avx512_bf16": cpu_has("avx512_bf16"),
         "python": platform.python_version(),
+        "device": args.device,
     }
+    if args.device.startswith("cuda"):
+        import torch
+
+        machine["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
     print(f"machine: {machine}")
     payload = {
         "model": args.model,
