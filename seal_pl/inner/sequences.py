@@ -144,13 +144,15 @@ def balanced_bins(lengths: Sequence[int], pack_length: int) -> list[list[int]]:
     until first-fit-decreasing needs no extra bin), so the rows of one forward pass carry little
     padding tail. A sequence longer than ``pack_length`` sets the width.
     """
-    n_bins = max(1, math.ceil(sum(lengths) / pack_length))
-    capacity = max(max(lengths), math.ceil(sum(lengths) / n_bins))
+    total, longest = sum(lengths), max(lengths)
+    n_bins = max(1, math.ceil(total / pack_length))
+    widest = max(pack_length, longest)  # the capacity never goes beyond this
+    capacity = max(longest, math.ceil(total / n_bins))
     while True:
         bins = pack_bins(lengths, capacity)
-        if len(bins) <= n_bins or capacity >= max(pack_length, max(lengths)):
+        if len(bins) <= n_bins or capacity >= widest:
             return bins
-        capacity = min(max(pack_length, max(lengths)), math.ceil(capacity * 1.05))
+        capacity = min(widest, math.ceil(capacity * 1.05))
 
 
 def collate_packed(bins: Sequence[Sequence[TokenizedSequence]], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -36,6 +36,7 @@ from seal_pl.inner.sequences import (
     collate_packed,
     tokenize_sequence,
 )
+from seal_pl.models.heads import decoder_and_head
 
 
 @dataclass
@@ -175,6 +176,7 @@ class InnerLoopTrainer:
         self.tokenizer = tokenizer
         self.bank = bank
         self.config = config or InnerLoopConfig()
+        self._packing_checked = False  # set by the first packed step's probe
 
     def tokenize(self, job: AdaptJob) -> list[TokenizedSequence]:
         c = self.config
@@ -361,14 +363,7 @@ class InnerLoopTrainer:
     def _token_losses(self, batch: dict[str, torch.Tensor], targets: torch.Tensor, packed: bool) -> torch.Tensor:
         """Per-token cross-entropy against ``targets`` (already shifted); the vocabulary projection
         runs only at positions with a target."""
-        model = self.model
-        decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-        head = model.get_output_embeddings()
-        plain_head = (
-            decoder is not None
-            and isinstance(head, torch.nn.Linear)
-            and not any(getattr(model.config, name, None) for name in ("final_logit_softcapping", "logit_scale"))
-        )
+        decoder, head = decoder_and_head(self.model)
         if packed:
             # No attention mask: the restarting position ids tell the mask builder where blocks end.
             inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
@@ -376,11 +371,11 @@ class InnerLoopTrainer:
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         losses = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
         keep = targets != IGNORE_INDEX
-        if plain_head:
+        if decoder is not None:
             hidden = decoder(**inputs, use_cache=False).last_hidden_state
             logits = head(hidden[keep]).float()  # [n_label_tokens, vocab]
         else:
-            logits = model(**inputs, use_cache=False).logits[keep].float()
+            logits = self.model(**inputs, use_cache=False).logits[keep].float()
         losses[keep] = F.cross_entropy(logits, targets[keep], reduction="none")
         return losses
 
@@ -392,7 +387,7 @@ class InnerLoopTrainer:
         tokens run as one sequence (which attends across the boundary); a relative test, so bf16
         weights pass on their own rounding noise.
         """
-        if getattr(self, "_packing_checked", False):
+        if self._packing_checked:
             return
         vocab = self.model.get_input_embeddings().num_embeddings
         first, second = [i % vocab for i in (11, 12, 13, 14, 15)], [i % vocab for i in (21, 22, 23, 24)]

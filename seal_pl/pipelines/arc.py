@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -737,11 +738,12 @@ class ARCPipeline:
 # How self-edits are written
 
 
-class SelfEditWriter:
+class SelfEditWriter(ABC):
     """Writes a task's self-edits (chosen in config by ``class_path``)."""
 
+    @abstractmethod
     def write(self, pipeline: ARCPipeline, task: Task, indices: list[int], seed: int) -> list[SelfEditSample]:
-        raise NotImplementedError
+        """One :class:`SelfEditSample` per index, in order; ``seed`` is the task's seed."""
 
 
 class FreeTextSelfEdits(SelfEditWriter):

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from seal_pl.generation.base import Prompt, render_prompt
+from seal_pl.models.heads import decoder_and_head
 
 
 @dataclass(frozen=True)
@@ -94,21 +95,9 @@ class TeacherForcedScorer:
     def _autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
-    def _parts(self):
-        """``(decoder, head)`` when logits can be taken from the hidden states, else ``(None, None)``."""
-        model = self.model
-        decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-        head = model.get_output_embeddings()
-        plain = (
-            decoder is not None
-            and isinstance(head, torch.nn.Linear)
-            and not any(getattr(model.config, name, None) for name in ("final_logit_softcapping", "logit_scale"))
-        )
-        return (decoder, head) if plain else (None, None)
-
     def _forward(self, input_ids, attention_mask, positions, past_key_values=None):
         """Log-softmax rows at ``positions`` (a bool mask [batch, seq]) and the returned cache."""
-        decoder, head = self._parts()
+        decoder, head = decoder_and_head(self.model)
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": past_key_values is not None}
         if past_key_values is not None:
             kwargs["past_key_values"] = past_key_values
