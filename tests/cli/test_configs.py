@@ -56,18 +56,32 @@ def test_task_config_parses(config: Path, capsys):
     assert printed["data"]["class_path"].startswith("seal_pl.")
 
 
+def _restem_args(config: Path) -> list[str]:
+    """``--config`` arguments for a ReST-EM config; an overlay (no ``rounds``) goes after the
+    ``restem_demo.yaml`` of its folder."""
+    raw = yaml.safe_load(config.read_text(encoding="utf-8"))
+    base = [] if "rounds" in raw else ["--config", str(config.parent / "restem_demo.yaml")]
+    return [*base, "--config", str(config)]
+
+
 @pytest.mark.parametrize("config", RESTEM_CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_restem_config_parses(config: Path, capsys):
     from seal_pl.restem.runner import run_from_args
 
+    args = _restem_args(config)
     with pytest.raises(SystemExit) as exit_info:
-        main(["restem", "--config", str(config), "--print_config"])
+        main(["restem", *args, "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     for stage in ("estep", "sft", "eval"):
         assert printed[stage]["model"]["class_path"].startswith("seal_pl.")
         assert printed[stage]["data"]["class_path"].startswith("seal_pl.")
-    run_from_args(["--config", str(config)]).check()  # every stage parses as its `seal` subcommand
+    written = yaml.safe_load(config.read_text(encoding="utf-8"))
+    for stage in ("estep", "eval"):  # a writer the file sets survives the composition
+        writer = written[stage]["model"].get("init_args", {}).get("self_edit_writer")
+        if writer:
+            assert printed[stage]["model"]["init_args"]["self_edit_writer"]["class_path"] == writer["class_path"]
+    run_from_args(args).check()  # every stage parses as its `seal` subcommand
 
 
 @pytest.mark.parametrize("config", TRAINER_CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
