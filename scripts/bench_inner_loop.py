@@ -41,6 +41,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from seal_pl.inner.flops import _sync, adapter_training_flops, peak_matmul_flops
 
 
 def load_self_edits(n: int) -> list[list[str]]:
@@ -74,31 +77,6 @@ def cpu_model() -> str:
 def cpu_has(flag: str) -> bool:
     """Whether the CPU advertises ``flag`` (e.g. ``amx_bf16``: bf16 matrix tiles, the fast bf16 path)."""
     return any(flag in line.split() for line in _cpuinfo().splitlines() if line.startswith("flags"))
-
-
-def peak_matmul_flops(dtype_name: str, device: str = "cpu", size: int = 2048, repeats: int = 10) -> float:
-    import torch
-
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    if device != "cpu":
-        size, repeats = 8192, 50  # large enough to saturate an accelerator
-    a = torch.randn(size, size, dtype=dtype, device=device)
-    b = torch.randn(size, size, dtype=dtype, device=device)
-    for _ in range(2):
-        a @ b
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    _sync(device)
-    return 2 * size**3 * repeats / (time.perf_counter() - start)
-
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def run_reference(
@@ -263,7 +241,7 @@ def main() -> None:
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         result = json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
         precision = "bf16" if "bf16" in path else "fp32"
-        flops = 4 * n_params * result["processed_tokens"] / result["seconds"]
+        flops = adapter_training_flops(n_params, result["processed_tokens"]) / result["seconds"]
         row = {
             "path": path,
             "edits": result["edits"],

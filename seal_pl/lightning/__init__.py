@@ -3,7 +3,7 @@
 from seal_pl.lightning.arc import ARCDataModule, ARCTTTModule
 from seal_pl.lightning.continual import ContinualDataModule, ContinualSelfEditsModule
 from seal_pl.lightning.cpt import ContinuedPretrainingModule, CPTDataModule
-from seal_pl.lightning.knowledge import KnowledgeDataModule, KnowledgeIncorporationModule
+from seal_pl.lightning.knowledge import KnowledgeDataModule, KnowledgeIncorporationModule, SelfEditDistillDataModule
 from seal_pl.lightning.policy_sft import PolicySFTModule, SFTDataModule
 
 __all__ = [
@@ -17,4 +17,5 @@ __all__ = [
     "KnowledgeIncorporationModule",
     "PolicySFTModule",
     "SFTDataModule",
+    "SelfEditDistillDataModule",
 ]

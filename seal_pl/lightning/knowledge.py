@@ -11,21 +11,27 @@ merges the shards, prints the table and writes ``results.json``.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, fields
 from typing import Any
 
 import torch
 
 from seal_pl.generation.base import GeneratorBackend
+from seal_pl.inner.flops import adapter_training_flops
 from seal_pl.inner.lora import LoRASpec
 from seal_pl.inner.trainer import InnerLoopConfig
 from seal_pl.knowledge.data import Passage, load_passages, select_passages, self_edits_for
 from seal_pl.knowledge.grading import ContainsGrader, Grader
+from seal_pl.knowledge.self_edit_stats import self_edit_stats, summarize_self_edit_stats
 from seal_pl.lightning.base import InnerLoopModule, ItemDataModule
+from seal_pl.lightning.policy_sft import SFTDataModule
 from seal_pl.pipelines.knowledge import (
     CONDITIONS,
     KnowledgeIncorporation,
     KnowledgeSettings,
+    PassageTiming,
     format_table,
+    passage_self_edit_prompt,
     self_edit_rewards,
     summarize,
 )
@@ -73,6 +79,67 @@ class KnowledgeDataModule(ItemDataModule):
         ]
 
 
+class SelfEditDistillDataModule(SFTDataModule):
+    """Self-edits written by someone else (a stronger model, a person) as the policy's SFT set.
+
+    The paper's "a stronger model writes the self-edits" baseline as a distillation: every
+    (passage, self-edit) pair becomes a (prompt, completion) pair whose prompt is exactly the one the
+    E-step samples with (:func:`~seal_pl.pipelines.knowledge.passage_self_edit_prompt`), so
+    ``seal fit`` with :class:`~seal_pl.lightning.PolicySFTModule` teaches the policy to write such
+    self-edits itself (``configs/knowledge/distill.yaml``).
+
+    Args:
+        passages: SQuAD-format passage file (as for :class:`KnowledgeDataModule`).
+        self_edits_path: the self-edits: JSONL ``{"passage_id", "completion"}`` lines or the flat
+            list with ``completions``; every selected passage needs at least one.
+        prompt_style: self-edit prompt style; must match the E-step's ``settings.prompt_style``.
+        chat_template: chat-formatted prompts; must match the E-step's ``settings.chat_template``.
+        seed: seed of the passage shuffle (null keeps file order).
+        start: first passage of the shuffled list.
+        limit: how many passages (null = all).
+        batch_size: sequences per device per step.
+        max_length: truncate longer sequences.
+        shuffle: shuffle each epoch.
+    """
+
+    def __init__(
+        self,
+        passages: str = "data/knowledge/train.json",
+        self_edits_path: str = "data/knowledge/train_implications.jsonl",
+        prompt_style: str = "implications",
+        chat_template: bool = True,
+        seed: int | None = None,
+        start: int = 0,
+        limit: int | None = None,
+        batch_size: int = 2,
+        max_length: int = 1024,
+        shuffle: bool = True,
+    ):
+        super().__init__(path=self_edits_path, batch_size=batch_size, max_length=max_length, shuffle=shuffle)
+        self.passages_path = passages
+        self.self_edits_path = self_edits_path
+        self.prompt_style = prompt_style
+        self.chat_template = chat_template
+        self.seed = seed
+        self.start = start
+        self.limit = limit
+
+    def pairs(self) -> list[dict]:
+        passages = select_passages(
+            load_passages(self.passages_path), seed=self.seed, start=self.start, limit=self.limit
+        )
+        edits = self_edits_for(self.self_edits_path, [p.id for p in passages])
+        return [
+            {
+                "passage_id": p.id,
+                "prompt": passage_self_edit_prompt(p, self.prompt_style, self.chat_template),
+                "completion": completion,
+            }
+            for p in passages
+            for completion in edits[p.id]
+        ]
+
+
 class KnowledgeIncorporationModule(InnerLoopModule):
     """The single-passage knowledge-incorporation table as a LightningModule (``test``/``predict``).
 
@@ -93,6 +160,14 @@ class KnowledgeIncorporationModule(InnerLoopModule):
             its accuracy averaged: the self-edit's reward (reference: 1 for evaluation, 3 for RL).
         adapters: adapter slots trained at once (default: every adaptation of a passage, counting
             one external self-edit per passage); more adaptations than slots run in chunks.
+        sampling_group: the self-edits of this many consecutive passages (by data-set position) are
+            sampled in one generation call, then each passage is adapted and scored in turn. Decoding
+            reads every weight once per step, so on a CPU a batch of 16-64 prompts costs a few times
+            one prompt, not 16-64 times. Group ``g`` is sampled with seed ``seed + g * sampling_group``
+            and written to ``samples.rank<r>.jsonl`` before any of it is scored, so a resumed run uses
+            the same self-edits. 1 (default) samples each passage's self-edits right before its
+            adaptation with seed ``seed + i``. Under DDP every rank samples the whole group (the same
+            text on every rank) and scores its own passages.
     """
 
     def __init__(
@@ -109,6 +184,7 @@ class KnowledgeIncorporationModule(InnerLoopModule):
         seed: int = 0,
         inner_seeds: int = 1,
         adapters: int | None = None,
+        sampling_group: int = 1,
     ):
         conditions = list(conditions or ["no_adaptation", "passage_only", "self_edit"])
         unknown = set(conditions) - set(CONDITIONS)
@@ -118,6 +194,8 @@ class KnowledgeIncorporationModule(InnerLoopModule):
             raise ValueError("n_self_edits must be >= 1 when the self_edit condition is on")
         if inner_seeds < 1:
             raise ValueError("inner_seeds must be >= 1")
+        if sampling_group < 1:
+            raise ValueError(f"sampling_group must be >= 1, got {sampling_group}")
         if adapters is None:
             per_seed = ("passage_only" in conditions) + ("self_edit" in conditions) * n_self_edits
             adapters = (per_seed + ("external" in conditions)) * inner_seeds
@@ -128,6 +206,8 @@ class KnowledgeIncorporationModule(InnerLoopModule):
         self.grader = grader if grader is not None else ContainsGrader()
         self.seed = seed
         self.inner_seeds = inner_seeds
+        self.sampling_group = sampling_group
+        self._samples: dict[str, dict] = {}
         self.pipeline: KnowledgeIncorporation | None = None
         self._done: set[str] = set()
         self._started = 0.0
@@ -141,6 +221,7 @@ class KnowledgeIncorporationModule(InnerLoopModule):
     def _begin(self) -> None:
         self._started = time.perf_counter()
         self._done = self.finished_ids("passages", "passage_id", "passages")
+        self._samples = {r["passage_id"]: r for r in read_all(self.run_dir / "samples.rank*.jsonl")}
 
     def test_step(self, batch: list[dict], batch_idx: int) -> None:
         for item in batch:
@@ -155,9 +236,10 @@ class KnowledgeIncorporationModule(InnerLoopModule):
             return None
         # The passage's position in the data set, not the per-rank batch index: same seeds under DDP.
         seed = self.seed + item.get("index", index)
+        self.pipeline.timing = PassageTiming()
         self_edits: list[str] = []
         if "self_edit" in self.conditions:
-            self_edits = self.pipeline.sample_self_edits([passage], self.n_self_edits, seed=seed)[0]
+            self_edits = self._self_edits(passage, item.get("index", index), seed)
         with torch.inference_mode(False):
             record = self.pipeline.evaluate_passage(
                 passage,
@@ -167,6 +249,10 @@ class KnowledgeIncorporationModule(InnerLoopModule):
                 seed=seed,
                 repeats=self.inner_seeds,
             )
+        record["timing"] = asdict(self.pipeline.timing)
+        for condition in ("self_edit", "external"):
+            for run in record["conditions"].get(condition, []):
+                run["self_edit_stats"] = self_edit_stats(run["adaptation"]["completion"], passage.context)
         if self_edits:
             prompt = self.pipeline.self_edit_prompt(passage)
             for reward in self_edit_rewards(record):
@@ -178,6 +264,7 @@ class KnowledgeIncorporationModule(InnerLoopModule):
                         "seed": seed,
                         "prompt": prompt,
                         **reward,
+                        "stats": self_edit_stats(reward["completion"], passage.context),
                     },
                 )
         for condition, runs in record["conditions"].items():
@@ -191,6 +278,24 @@ class KnowledgeIncorporationModule(InnerLoopModule):
         self._done.add(passage.id)
         self._log_passage(record)
         return record
+
+    def _self_edits(self, passage: Passage, position: int, seed: int) -> list[str]:
+        """The passage's K self-edits: sampled now, or with its group (see ``sampling_group``)."""
+        if self.sampling_group == 1:
+            return self.pipeline.sample_self_edits([passage], self.n_self_edits, seed=seed)[0]
+        if passage.id not in self._samples:
+            group = position // self.sampling_group
+            items = self.trainer.datamodule.items()
+            members = [it["passage"] for it in items[group * self.sampling_group : (group + 1) * self.sampling_group]]
+            if passage.id not in {p.id for p in members}:
+                raise RuntimeError(f"passage {passage.id} is not at position {position} of the data module")
+            group_seed = self.seed + group * self.sampling_group
+            sampled = self.pipeline.sample_self_edits(members, self.n_self_edits, seed=group_seed)
+            for member, completions in zip(members, sampled):
+                record = {"passage_id": member.id, "group": group, "seed": group_seed, "completions": completions}
+                append_record(self.shard("samples"), record)
+                self._samples[member.id] = record
+        return list(self._samples[passage.id]["completions"])
 
     def _log_passage(self, record: dict) -> None:
         writer = self.tb()
@@ -213,6 +318,38 @@ class KnowledgeIncorporationModule(InnerLoopModule):
         if writer is not None and "self_edit" in record["conditions"]:
             completion = record["conditions"]["self_edit"][0]["adaptation"]["completion"]
             writer.add_text("self_edit_sample", f"**{record['title']}**\n\n{completion}", len(self._done))
+
+    def _compute_summary(self, records: list[dict]) -> dict[str, Any]:
+        """Where the time went, the training FLOPs, and what the self-edits looked like."""
+        timing = {f.name: 0.0 for f in fields(PassageTiming)}
+        for record in records:
+            for name, value in (record.get("timing") or {}).items():
+                timing[name] += value
+        # The frozen base model's parameters (the adapter bank's LoRA slots are not counted).
+        n_params = (
+            sum(p.numel() for n, p in self.lm.named_parameters() if "lora_" not in n) if self.lm is not None else 0
+        )
+        train_flops = adapter_training_flops(n_params, int(timing["processed_tokens"]))
+        stats = {
+            condition: summarize_self_edit_stats(
+                run["self_edit_stats"]
+                for r in records
+                for run in r["conditions"].get(condition, [])
+                if "self_edit_stats" in run
+            )
+            for condition in ("self_edit", "external")
+            if any(condition in r["conditions"] for r in records)
+        }
+        return {
+            "timing": {
+                **{k: round(v, 1) for k, v in timing.items() if k.endswith("seconds")},
+                "processed_tokens": int(timing["processed_tokens"]),
+                "n_params": n_params,
+                "train_flops": train_flops,
+                "train_flops_per_second": train_flops / timing["train_seconds"] if timing["train_seconds"] else None,
+            },
+            "self_edit_stats": stats,
+        }
 
     def _finish(self) -> None:
         records = {r["passage_id"]: r for r in read_all(self.run_dir / "passages.rank*.jsonl")}
@@ -248,6 +385,7 @@ class KnowledgeIncorporationModule(InnerLoopModule):
                 ),
                 1,
             ),
+            **self._compute_summary(ordered),
         }
         write_json(self.run_dir / "results.json", results)
         writer = self.tb()

@@ -70,12 +70,17 @@ class SFTDataModule(pl.LightningDataModule):
         self.rows: list[TokenizedSequence] = []
         self.pad_token_id = 0
 
-    def setup(self, stage: str) -> None:
-        tokenizer = self.trainer.lightning_module.tokenizer
-        self.pad_token_id = tokenizer.pad_token_id
+    def pairs(self) -> list[dict]:
+        """The ``{"prompt", "completion"}`` records to train on (here: the lines of ``path``)."""
         records = list(read_records(self.path))
         if not records:
             raise ValueError(f"{self.path}: the SFT set is empty (nothing was kept by the filter)")
+        return records
+
+    def setup(self, stage: str) -> None:
+        tokenizer = self.trainer.lightning_module.tokenizer
+        self.pad_token_id = tokenizer.pad_token_id
+        records = self.pairs()
         self.rows = []
         dropped = 0
         for index, record in enumerate(records):

@@ -15,6 +15,7 @@ shared inner loop, the generator backend and a grader; the Lightning module only
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -34,6 +35,16 @@ from seal_pl.knowledge.prompts import (
 from seal_pl.knowledge.sequences import build_train_sequences
 
 CONDITIONS = ("no_adaptation", "passage_only", "self_edit", "external")
+
+
+def passage_self_edit_prompt(passage: Passage, prompt_style: str = "implications", chat_template: bool = True):
+    """The prompt the policy writes a passage's self-edit from: chat messages, or plain text for base models.
+
+    The E-step samples with it, and the M-step and the distillation data train under the same one.
+    """
+    if chat_template:
+        return self_edit_messages(passage.title, passage.context, prompt_style)
+    return self_edit_prompt(passage.title, passage.context, prompt_style)
 
 
 @dataclass
@@ -78,7 +89,18 @@ class Adaptation:
     losses: list[float] = field(default_factory=list)
     steps: int = 0
     train_tokens: int = 0
+    processed_tokens: int = 0
     seconds: float = 0.0
+
+
+@dataclass
+class PassageTiming:
+    """Wall seconds one passage spent in each phase (adapters trained together share one time)."""
+
+    sample_seconds: float = 0.0
+    train_seconds: float = 0.0
+    answer_seconds: float = 0.0
+    processed_tokens: int = 0
 
 
 class KnowledgeIncorporation:
@@ -102,13 +124,12 @@ class KnowledgeIncorporation:
         self.generator = generator
         self.grader = grader
         self.settings = settings or KnowledgeSettings()
+        self.timing = PassageTiming()
+        """Seconds per phase, added up since the caller last reset it (one passage, in the module)."""
 
     # ----------------------------------------------------------------------------------- prompts
     def self_edit_prompt(self, passage: Passage):
-        s = self.settings
-        if s.chat_template:
-            return self_edit_messages(passage.title, passage.context, s.prompt_style)
-        return self_edit_prompt(passage.title, passage.context, s.prompt_style)
+        return passage_self_edit_prompt(passage, self.settings.prompt_style, self.settings.chat_template)
 
     def answer_prompt(self, passage: Passage, question: str):
         if self.settings.chat_template:
@@ -120,7 +141,9 @@ class KnowledgeIncorporation:
         """``n`` self-edits per passage from the current model (adapters off)."""
         prompts = [self.self_edit_prompt(p) for p in passages for _ in range(n)]
         params = SamplingParams(**{**asdict(self.settings.self_edit_sampling), "seed": seed})
+        started = time.perf_counter()
         flat = self.generator.generate(prompts, params)
+        self.timing.sample_seconds += time.perf_counter() - started
         return [flat[i * n : (i + 1) * n] for i in range(len(passages))]
 
     def training_sequences(self, passage: Passage, completion: str | None) -> tuple[list[str], bool]:
@@ -187,17 +210,23 @@ class KnowledgeIncorporation:
                 )
                 for a in chunk
             ]
+            started = time.perf_counter()
             results = self.trainer.adapt(jobs)
+            self.timing.train_seconds += time.perf_counter() - started
             for adaptation, result in zip(chunk, results):
                 adaptation.losses = result.losses
                 adaptation.steps = result.steps
                 adaptation.train_tokens = result.train_tokens
+                adaptation.processed_tokens = result.processed_tokens
                 adaptation.seconds = result.seconds
+                self.timing.processed_tokens += result.processed_tokens
             slots: list[int | None] = list(range(len(chunk)))
+            started = time.perf_counter()
             if with_base and base is None:
                 base, *chunk_answers = self.answer(passage, [None, *slots])
             else:
                 chunk_answers = self.answer(passage, slots)
+            self.timing.answer_seconds += time.perf_counter() - started
             answers.extend(chunk_answers)
         return answers, base
 
@@ -240,7 +269,9 @@ class KnowledgeIncorporation:
             if baseline_predictions is not None:
                 base = list(baseline_predictions)
             elif base is None:
+                started = time.perf_counter()
                 base = self.answer(passage, [None])[0]
+                self.timing.answer_seconds += time.perf_counter() - started
             record["conditions"]["no_adaptation"] = [_run(0, 0, self.grade(passage, base), None)]
         for adaptation, predictions in zip(adaptations, adapted):
             graded = self.grade(passage, predictions)
@@ -266,11 +297,14 @@ def _run(edit_index: int, repeat: int, graded: list[dict], adaptation: dict | No
 def self_edit_rewards(record: dict, condition: str = "self_edit") -> list[dict]:
     """Per self-edit of one passage: its reward (mean adapted accuracy over inner-loop seeds).
 
-    Also gives the per-seed accuracies and the gain over the passage's no-adaptation accuracy.
+    Also gives the per-seed accuracies, the gain over the passage's no-adaptation accuracy and,
+    when the ``passage_only`` condition ran, the gain over that (mean over its seeds).
     """
     runs = record["conditions"].get(condition, [])
     baseline_runs = record["conditions"].get("no_adaptation", [])
     baseline = baseline_runs[0]["accuracy"] if baseline_runs else None
+    passage_runs = record["conditions"].get("passage_only", [])
+    passage_only = sum(r["accuracy"] for r in passage_runs) / len(passage_runs) if passage_runs else None
     by_edit: dict[int, list[dict]] = {}
     for run in runs:
         by_edit.setdefault(run["edit_index"], []).append(run)
@@ -286,6 +320,8 @@ def self_edit_rewards(record: dict, condition: str = "self_edit") -> list[dict]:
                 "accuracy_per_seed": accuracies,
                 "baseline_accuracy": baseline,
                 "gain": None if baseline is None else reward - baseline,
+                "passage_only_accuracy": passage_only,
+                "gain_over_passage": None if passage_only is None else reward - passage_only,
             }
         )
     return rewards

@@ -5,8 +5,10 @@ The E-step writes one record per self-edit (``passage_id``/``task_id``, ``edit_i
 
 * knowledge: the best of the K self-edits of every passage (ties go to the lower edit index, as a
   stable sort does in the reference). The reference keeps the best even when it gained nothing;
-  ``min_gain`` drops passages whose best self-edit gained less than that; ``top_k`` keeps more
-  than one per passage (the reference script's ``--k_best``);
+  ``min_gain`` drops passages whose best self-edit gained less than that over the baseline
+  ``gain_over`` names (``no_adaptation``, the reference's un-adapted accuracy, or ``passage_only``:
+  what training on the passage alone already teaches); ``top_k`` keeps more than one per passage
+  (the reference script's ``--k_best``);
 * ARC: every self-edit whose task was solved (reward 1). Unscored pairs (reward ``None``: no
   solutions available) are never kept.
 
@@ -20,10 +22,17 @@ one uniform record per self-edit (``id``, ``context_id``, ``edit_index``, ``seed
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from seal_pl.knowledge.self_edit_stats import STATS_KEYS, summarize_self_edit_stats
+from seal_pl.stats import paired_bootstrap
 
 DOMAINS = ("knowledge", "arc")
+
+GainBaseline = Literal["no_adaptation", "passage_only"]
+GAIN_FIELDS = {"no_adaptation": "gain", "passage_only": "gain_over_passage"}
+"""The record field holding a self-edit's gain over each baseline."""
 
 
 def best_of_k(
@@ -32,10 +41,15 @@ def best_of_k(
     group_key: str = "passage_id",
     min_gain: float | None = None,
     top_k: int = 1,
+    gain_over: GainBaseline = "no_adaptation",
 ) -> list[dict]:
-    """The ``top_k`` best self-edits per context; optionally only those that gained at least ``min_gain``."""
+    """The ``top_k`` best self-edits per context; optionally only those that gained at least
+    ``min_gain`` over the ``gain_over`` baseline (a self-edit without that gain is not kept)."""
     if top_k < 1:
         raise ValueError("top_k must be >= 1")
+    if gain_over not in GAIN_FIELDS:
+        raise ValueError(f"gain_over must be one of {sorted(GAIN_FIELDS)}, got {gain_over!r}")
+    gain_field = GAIN_FIELDS[gain_over]
     groups: dict[str, list[dict]] = {}
     for record in records:
         if record.get("reward") is None:
@@ -45,7 +59,7 @@ def best_of_k(
     for key in sorted(groups):
         ranked = sorted(groups[key], key=lambda r: (-float(r["reward"]), int(r["edit_index"])))
         for best in ranked[:top_k]:
-            if min_gain is not None and (best.get("gain") is None or best["gain"] < min_gain):
+            if min_gain is not None and (best.get(gain_field) is None or best[gain_field] < min_gain):
                 continue
             kept.append(_sft_row(best))
     return kept
@@ -58,7 +72,7 @@ def keep_successes(records: Iterable[dict], *, threshold: float = 1.0) -> list[d
 
 def _sft_row(record: dict) -> dict:
     row = {"prompt": record["prompt"], "completion": record["completion"]}
-    for key in ("id", "context_id", "passage_id", "task_id", "edit_index", "reward", "gain"):
+    for key in ("id", "context_id", "passage_id", "task_id", "edit_index", "reward", "gain", "gain_over_passage"):
         if key in record:
             row[key] = record[key]
     return row
@@ -103,7 +117,10 @@ def knowledge_self_edits(self_edit_records: Iterable[dict]) -> list[dict]:
     """
     out = []
     for record in _latest_by_id(self_edit_records).values():
-        components = {key: record.get(key) for key in ("accuracy_per_seed", "baseline_accuracy", "gain")}
+        components = {
+            key: record.get(key)
+            for key in ("accuracy_per_seed", "baseline_accuracy", "gain", "passage_only_accuracy", "gain_over_passage")
+        }
         out.append(
             {
                 "id": record["id"],
@@ -115,6 +132,8 @@ def knowledge_self_edits(self_edit_records: Iterable[dict]) -> list[dict]:
                 "completion": record["completion"],
                 "reward": record["reward"],
                 "gain": record.get("gain"),
+                "gain_over_passage": record.get("gain_over_passage"),
+                "stats": record.get("stats"),
                 "components": components,
             }
         )
@@ -164,10 +183,68 @@ def arc_self_edits(edit_records: Iterable[dict], sample_records: Iterable[dict] 
     return sorted(out, key=lambda r: (str(r["context_id"]), int(r["edit_index"])))
 
 
-def select(domain: str, records: Sequence[dict], *, top_k: int = 1, min_gain: float | None = None) -> list[dict]:
+def select(
+    domain: str,
+    records: Sequence[dict],
+    *,
+    top_k: int = 1,
+    min_gain: float | None = None,
+    gain_over: GainBaseline = "no_adaptation",
+) -> list[dict]:
     """The SFT rows of one round: best-of-K per passage (knowledge) or every success (ARC)."""
     if domain == "knowledge":
-        return best_of_k(records, group_key="context_id", min_gain=min_gain, top_k=top_k)
+        return best_of_k(records, group_key="context_id", min_gain=min_gain, top_k=top_k, gain_over=gain_over)
     if domain == "arc":
         return keep_successes([r for r in records if r.get("prompt") is not None])
     raise ValueError(f"unknown domain {domain!r}; valid: {list(DOMAINS)}")
+
+
+# ------------------------------------------------------------------------- knowledge evidence
+def knowledge_round_evidence(records: Sequence[dict], kept: Sequence[dict]) -> dict[str, Any]:
+    """What a knowledge E-step found, beyond the reward statistics.
+
+    ``best_beats_passage_only``: the share of passages whose best self-edit scored above training
+    on the passage alone (None when the E-step did not run ``passage_only``); ``self_edits`` and
+    ``kept_self_edits``: mean length, lines, name/number coverage and copied-line share of every
+    sampled and of the kept self-edits.
+    """
+    by_context: dict[str, list[dict]] = {}
+    for record in records:
+        by_context.setdefault(str(record["context_id"]), []).append(record)
+    beats = []
+    for group in by_context.values():
+        scored = [r for r in group if r.get("reward") is not None]
+        baseline = (group[0].get("components") or {}).get("passage_only_accuracy")
+        if scored and baseline is not None:
+            beats.append(max(float(r["reward"]) for r in scored) > baseline)
+    stats_by_id = {r["id"]: r.get("stats") for r in records}
+    return {
+        "best_beats_passage_only": sum(beats) / len(beats) if beats else None,
+        "self_edits": summarize_self_edit_stats(r["stats"] for r in records if _has_stats(r.get("stats"))),
+        "kept_self_edits": summarize_self_edit_stats(
+            stats_by_id[r["id"]] for r in kept if _has_stats(stats_by_id.get(r.get("id")))
+        ),
+    }
+
+
+def _has_stats(stats: Mapping | None) -> bool:
+    return bool(stats) and all(key in stats for key in STATS_KEYS)
+
+
+def question_scores(predictions: Iterable[dict], condition: str) -> dict[tuple[str, str], float]:
+    """Per (passage id, question id): the mean verdict of ``condition``'s runs on that question."""
+    verdicts: dict[tuple[str, str], list[float]] = {}
+    for p in predictions:
+        if p["condition"] == condition:
+            verdicts.setdefault((str(p["passage_id"]), str(p["question_id"])), []).append(float(p["correct"]))
+    return {key: sum(v) / len(v) for key, v in verdicts.items()}
+
+
+def paired_difference(
+    a: Mapping[tuple[str, str], float], b: Mapping[tuple[str, str], float], *, seed: int = 0
+) -> dict[str, Any]:
+    """Paired bootstrap of ``a - b`` over the questions both answered (raises if there are none)."""
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        raise ValueError("the two evaluations share no question")
+    return paired_bootstrap([a[k] for k in shared], [b[k] for k in shared], seed=seed)

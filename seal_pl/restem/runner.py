@@ -48,7 +48,16 @@ from typing import Any, Literal
 
 import yaml
 
-from seal_pl.pipelines.restem import arc_self_edits, knowledge_self_edits, reward_statistics, select
+from seal_pl.pipelines.restem import (
+    GainBaseline,
+    arc_self_edits,
+    knowledge_round_evidence,
+    knowledge_self_edits,
+    paired_difference,
+    question_scores,
+    reward_statistics,
+    select,
+)
 from seal_pl.records import read_all, read_records, rewrite_records, write_json
 from seal_pl.restem.layout import (
     STAGE_COMMANDS,
@@ -150,7 +159,10 @@ class ReSTEMRun:
         seed_everything: seed of every stage.
         top_k: knowledge: self-edits kept per passage (reference: 1, best-of-K).
         min_gain: knowledge: keep a passage's best self-edit only if its reward beats the
-            un-adapted accuracy by at least this much (reference: null, the best is always kept).
+            ``gain_over`` baseline by at least this much (reference: null, the best is always kept).
+        gain_over: knowledge: the baseline of ``min_gain``: ``no_adaptation`` (the un-adapted
+            accuracy, reference) or ``passage_only`` (training on the passage alone; the E-step
+            must then run the ``passage_only`` condition).
         evaluate_base: also evaluate the base model (``base/``) before round 0.
         estep_start_stride: round ``k`` reads its E-step contexts from ``data.init_args.start +
             k * estep_start_stride`` (fresh passages every round); 0 uses the same every round.
@@ -171,6 +183,7 @@ class ReSTEMRun:
         seed_everything: int = 0,
         top_k: int = 1,
         min_gain: float | None = None,
+        gain_over: GainBaseline = "no_adaptation",
         evaluate_base: bool = True,
         estep_start_stride: int = 0,
         launcher: Literal["auto", "inprocess", "subprocess"] = "auto",
@@ -191,6 +204,7 @@ class ReSTEMRun:
         self.seed_everything = seed_everything
         self.top_k = top_k
         self.min_gain = min_gain
+        self.gain_over = gain_over
         self.evaluate_base = evaluate_base
         self.estep_start_stride = estep_start_stride
         self.launcher = launcher
@@ -210,6 +224,7 @@ class ReSTEMRun:
             "seed_everything": self.seed_everything,
             "top_k": self.top_k,
             "min_gain": self.min_gain,
+            "gain_over": self.gain_over,
             "evaluate_base": self.evaluate_base,
             "estep_start_stride": self.estep_start_stride,
             "launcher": self.launcher,
@@ -226,8 +241,14 @@ class ReSTEMRun:
             conditions = init.get("conditions")
             if conditions is not None and "self_edit" not in conditions:
                 raise ReSTEMConfigError("estep: the knowledge module needs the self_edit condition")
+            if self.gain_over == "passage_only" and "passage_only" not in (conditions or []):
+                raise ReSTEMConfigError(
+                    "gain_over: passage_only needs the passage_only condition in estep.model.init_args.conditions"
+                )
         elif init.get("mode") != "self_edit":
             raise ReSTEMConfigError("estep: the ARC module must run in mode: self_edit")
+        if self.gain_over not in ("no_adaptation", "passage_only"):
+            raise ReSTEMConfigError(f"gain_over must be no_adaptation or passage_only, got {self.gain_over!r}")
         if self.min_gain is not None and self.domain != "knowledge":
             raise ReSTEMConfigError("min_gain applies to the knowledge domain only")
         if not issubclass(_resolve_class(self.sft.model["class_path"]), PolicySFTModule):
@@ -303,6 +324,7 @@ class ReSTEMRun:
     def run(self) -> dict[str, Any]:
         """Run (or resume) every round; returns ``results.json``."""
         self._prepare()
+        self._measure_machine()
         try:
             if self.eval is not None and self.evaluate_base:
                 self._base_evaluation()
@@ -314,10 +336,30 @@ class ReSTEMRun:
         finally:
             if self._writer is not None:
                 self._writer.close()
-        results = run_results(self.run_dir)
+        results = self._results()
         write_json(self.run_dir / "results.json", results)
         print("\n" + format_rounds(results) + f"\n\nresults: {self.run_dir / 'results.json'}")
         return results
+
+    def _results(self) -> dict[str, Any]:
+        """``results.json``: every finished round, the machine's peak and the paired comparisons."""
+        results = run_results(self.run_dir)
+        machine = self.run_dir / "machine.json"
+        if machine.is_file():
+            results["machine"] = read_json(machine)
+        if self.domain == "knowledge":
+            results["comparisons"] = knowledge_comparisons(self.run_dir, results, seed=self.seed_everything)
+        return results
+
+    def _measure_machine(self) -> None:
+        """Measure the fp32 matrix-multiply peak once per run (the E-step's FLOP/s are read against it)."""
+        path = self.run_dir / "machine.json"
+        if path.is_file():
+            return
+        from seal_pl.inner.flops import peak_matmul_flops
+
+        device = "cuda" if str(self.trainer.get("accelerator", "")) in ("gpu", "cuda") else "cpu"
+        write_json(path, {"device": device, "peak_fp32_flops": peak_matmul_flops("fp32", device)})
 
     def _base_evaluation(self) -> None:
         layout = RoundLayout.of(self.run_dir, None)
@@ -354,11 +396,12 @@ class ReSTEMRun:
             "estep": stats,
             "sft": _sft_summary(sft),
             "eval": heldout,
+            "timing": self._round_timing(layout),
             "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
         }
         self._log_round(index, records, kept, stats, sft, heldout)
         write_json(layout.summary, summary)
-        write_json(self.run_dir / "results.json", run_results(self.run_dir))
+        write_json(self.run_dir / "results.json", self._results())
 
     # ------------------------------------------------------------------------------ steps
     def _estep(self, layout: RoundLayout, config: dict[str, Any]) -> list[dict]:
@@ -376,15 +419,18 @@ class ReSTEMRun:
 
     def _filter(self, layout: RoundLayout, records: list[dict]) -> tuple[list[dict], dict[str, Any]]:
         if not layout.filter_stats.is_file():
-            kept = select(self.domain, records, top_k=self.top_k, min_gain=self.min_gain)
+            kept = select(self.domain, records, top_k=self.top_k, min_gain=self.min_gain, gain_over=self.gain_over)
             stats = reward_statistics(records, kept)
             stats["contexts"] = len({r["context_id"] for r in records})
             stats["contexts_kept"] = len({r["context_id"] for r in kept})
             stats["rule"] = (
-                f"best {self.top_k} of K per passage" + ("" if self.min_gain is None else f", gain >= {self.min_gain}")
+                f"best {self.top_k} of K per passage"
+                + ("" if self.min_gain is None else f", gain over {self.gain_over} >= {self.min_gain}")
                 if self.domain == "knowledge"
                 else "every solved (task, self-edit) pair"
             )
+            if self.domain == "knowledge":
+                stats.update(knowledge_round_evidence(records, kept))
             rewrite_records(layout.sft_set, kept)
             write_json(layout.filter_stats, stats)
         return list(read_records(layout.sft_set)), read_json(layout.filter_stats)
@@ -409,12 +455,32 @@ class ReSTEMRun:
         results_path = layout.stage_dir("eval") / "results.json"
         results = read_json(results_path)
         metrics = heldout_metrics(self.domain, results)
-        return {
+        heldout = {
             "model": config["model"]["init_args"]["model"],
             "metrics": metrics,
             "headline": headline(self.domain, metrics),
             "results": str(results_path),
         }
+        if self.domain == "knowledge":
+            heldout["self_edit_stats"] = (results.get("self_edit_stats") or {}).get("self_edit")
+            heldout["samples"] = heldout_samples(layout.stage_dir("eval"))
+            heldout["timing"] = results.get("timing")
+        return heldout
+
+    def _round_timing(self, layout: RoundLayout) -> dict[str, Any]:
+        """Wall seconds of each stage (as first run), the E-step's phases and its achieved FLOP/s."""
+        path = layout.root / "timing.json"
+        timing: dict[str, Any] = dict(read_json(path)) if path.is_file() else {}
+        estep_results = layout.stage_dir("estep") / "results.json"
+        if estep_results.is_file():
+            phases = read_json(estep_results).get("timing") or {}
+            timing["estep_phases"] = phases
+            machine = self.run_dir / "machine.json"
+            achieved = phases.get("train_flops_per_second")
+            if achieved and machine.is_file():
+                peak = read_json(machine)["peak_fp32_flops"]
+                timing["estep_train_fraction_of_peak"] = achieved / peak
+        return timing
 
     # ---------------------------------------------------------------------------- stages
     def _run_stage(self, stage: str, layout: RoundLayout, config: dict[str, Any]) -> None:
@@ -423,10 +489,14 @@ class ReSTEMRun:
         argv = [STAGE_COMMANDS[stage], "--config", str(path), "--run_dir", str(layout.stage_dir(stage))]
         separate = self.launcher == "subprocess" or (self.launcher == "auto" and is_multiprocess(config["trainer"]))
         print(f"[restem] {layout.root.name}/{stage}: seal {' '.join(argv)}" + (" (subprocess)" if separate else ""))
+        started = time.perf_counter()
         if separate:
             _run_command([sys.executable, "-m", "seal_pl", *argv])
+        else:
+            _seal(argv)
+        _record_seconds(layout.root / "timing.json", f"{stage}_seconds", time.perf_counter() - started)
+        if separate:
             return
-        _seal(argv)
         gc.collect()
         with contextlib.suppress(Exception):
             import torch
@@ -450,6 +520,15 @@ class ReSTEMRun:
         for name, value in heldout["metrics"].items():
             if value is not None:
                 self.writer.add_scalar(f"heldout/{name}", value, step)
+        for name, value in (heldout.get("self_edit_stats") or {}).items():
+            if name != "n":
+                self.writer.add_scalar(f"heldout/self_edit_{name}", value, step)
+        samples = heldout.get("samples") or []
+        if samples:
+            text = "\n\n".join(
+                f"**{s['passage_id']}** accuracy {s['accuracy']:.2f}\n\n```\n{s['completion']}\n```" for s in samples
+            )
+            self.writer.add_text("heldout/self_edits", text, step)
         self.writer.flush()
 
     def _log_round(
@@ -470,7 +549,17 @@ class ReSTEMRun:
             writer.add_scalar("estep/reward_max", stats["max"], index)
             writer.add_scalar("estep/reward_min", stats["min"], index)
             writer.add_histogram("estep/reward", np.asarray(rewards), index, bins=np.linspace(0.0, 1.0, 11))
+            writer.add_scalar("estep/reward_std", stats["std"], index)
         writer.add_scalar("filter/kept_fraction", stats["kept_fraction"], index)
+        if stats.get("best_beats_passage_only") is not None:
+            writer.add_scalar("estep/best_beats_passage_only", stats["best_beats_passage_only"], index)
+        for group in ("self_edits", "kept_self_edits"):
+            for name, value in (stats.get(group) or {}).items():
+                if name != "n":
+                    writer.add_scalar(f"estep/{group}_{name}", value, index)
+        for name, value in self._round_timing(RoundLayout.of(self.run_dir, index)).items():
+            if isinstance(value, int | float):
+                writer.add_scalar(f"time/{name}", value, index)
         writer.add_scalar("filter/kept", stats["kept"], index)
         if sft is not None:
             for point in sft.get("losses", []):
@@ -497,6 +586,70 @@ def _seal(argv: list[str]) -> None:
         # LightningCLI warns when it gets args while sys.argv holds the `seal restem` command line.
         warnings.filterwarnings("ignore", message=r".*args parameter is intended to run from within Python.*")
         seal_main(argv)
+
+
+def _record_seconds(path: Path, key: str, seconds: float) -> None:
+    timing = read_json(path) if path.is_file() else {}
+    timing[key] = round(seconds, 1)
+    write_json(path, timing)
+
+
+def heldout_samples(eval_dir: Path, n: int = 2) -> list[dict[str, Any]]:
+    """The first ``n`` held-out passages' self-edits (same passages every round) with their accuracy."""
+    records = {r["passage_id"]: r for r in read_all(eval_dir / "passages.rank*.jsonl")}
+    samples = []
+    for passage_id in sorted(records)[:n]:
+        runs = records[passage_id]["conditions"].get("self_edit") or []
+        if runs:
+            samples.append(
+                {
+                    "passage_id": passage_id,
+                    "accuracy": runs[0]["accuracy"],
+                    "completion": runs[0]["adaptation"]["completion"],
+                }
+            )
+    return samples
+
+
+def knowledge_comparisons(run_dir: Path, results: dict[str, Any], *, seed: int = 0) -> dict[str, Any]:
+    """Paired bootstrap intervals over the held-out questions.
+
+    ``self_edit_round_<k>_minus_base``: self_edit accuracy after round k minus the base policy's;
+    ``self_edit_minus_passage_only_<base|round_k>``: within one evaluation. The last round's are
+    also given as ``self_edit_last_minus_base`` and ``self_edit_minus_passage_only_last``.
+    """
+    evaluations = []
+    if results.get("base") and results["base"].get("eval"):
+        evaluations.append(("base", RoundLayout.of(run_dir, None)))
+    evaluations += [
+        (f"round_{s['round']}", RoundLayout.of(run_dir, s["round"])) for s in results["rounds"] if s.get("eval")
+    ]
+    scores = {}
+    for name, layout in evaluations:
+        path = layout.stage_dir("eval") / "predictions.jsonl"
+        if path.is_file():
+            predictions = list(read_records(path))
+            scores[name] = {c: question_scores(predictions, c) for c in ("self_edit", "passage_only")}
+    out: dict[str, Any] = {}
+    for name, by_condition in scores.items():
+        if by_condition["self_edit"] and by_condition["passage_only"]:
+            out[f"self_edit_minus_passage_only_{name}"] = paired_difference(
+                by_condition["self_edit"], by_condition["passage_only"], seed=seed
+            )
+        if name != "base" and "base" in scores and by_condition["self_edit"] and scores["base"]["self_edit"]:
+            out[f"self_edit_{name}_minus_base"] = paired_difference(
+                by_condition["self_edit"], scores["base"]["self_edit"], seed=seed
+            )
+    rounds = [name for name in scores if name != "base"]
+    if rounds:
+        last = rounds[-1]
+        for key, alias in (
+            (f"self_edit_{last}_minus_base", "self_edit_last_minus_base"),
+            (f"self_edit_minus_passage_only_{last}", "self_edit_minus_passage_only_last"),
+        ):
+            if key in out:
+                out[alias] = {**out[key], "round": last}
+    return out
 
 
 def _sft_summary(info: dict[str, Any] | None) -> dict[str, Any]:
@@ -559,6 +712,12 @@ def format_rounds(results: dict[str, Any]) -> str:
             f"{str(stats['kept']) + '/' + str(stats['n']):>10} {'-' if loss is None else f'{loss:.3f}':>9} "
             f"{pct((summary['eval'] or {}).get('headline')):>9}"
         )
+    for name, comparison in (results.get("comparisons") or {}).items():
+        if name.endswith(("_last", "_last_minus_base")):
+            lines.append(
+                f"{name} ({comparison['round']}): {100 * comparison['difference']:+.1f} points, "
+                f"95% CI [{100 * comparison['low']:+.1f}, {100 * comparison['high']:+.1f}] over {comparison['n']} questions"
+            )
     return "\n".join(lines)
 
 

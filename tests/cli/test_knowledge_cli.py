@@ -112,3 +112,46 @@ def test_two_process_ddp_shards_and_merges(tmp_path):
     keys = [(p["passage_id"], p["condition"], p["edit_index"], p["question_id"]) for p in predictions]
     assert len(keys) == len(set(keys))
     assert len({p["passage_id"] for p in predictions}) == 3
+
+
+def _self_edits_by_passage(run_dir: Path) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for record in read_all(run_dir / "passages.rank*.jsonl"):
+        runs = sorted(record["conditions"]["self_edit"], key=lambda r: r["edit_index"])
+        out[record["passage_id"]] = [r["adaptation"]["completion"] for r in runs]
+    return out
+
+
+def test_grouped_sampling_writes_samples_first_and_resumes_with_them(tmp_path):
+    grouped = (
+        "--model.init_args.sampling_group",
+        "2",
+        "--model.init_args.n_self_edits",
+        "2",
+        "--data.init_args.limit",
+        "3",
+    )
+    run_dir = tmp_path / "grouped"
+    run(run_dir, *grouped)
+    samples = list(read_all(run_dir / "samples.rank*.jsonl"))
+    assert [s["group"] for s in samples] == [0, 0, 1] and [s["seed"] for s in samples] == [0, 0, 2]
+    trained = _self_edits_by_passage(run_dir)
+    assert trained == {s["passage_id"]: s["completions"] for s in samples}
+    assert json.loads((run_dir / "results.json").read_text())["timing"]["sample_seconds"] > 0
+
+    # Kill after the first passage: the resumed run scores the rest with the self-edits sampled before.
+    resumed = tmp_path / "resumed"
+    run(resumed, *grouped)
+    first = read_all(resumed / "passages.rank0.jsonl")[0]
+    (resumed / "passages.rank0.jsonl").write_text(json.dumps(first) + "\n")
+    (resumed / "samples.rank0.jsonl").write_text(
+        "".join(json.dumps(s) + "\n" for s in read_all(resumed / "samples.rank0.jsonl")[:2])
+    )
+    run(resumed, *grouped)
+    assert _self_edits_by_passage(resumed) == trained
+    assert len(read_all(resumed / "samples.rank*.jsonl")) == 3
+
+
+def test_sampling_group_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="sampling_group"):
+        run(tmp_path / "bad", "--model.init_args.sampling_group", "0")

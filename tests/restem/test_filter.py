@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from seal_pl.pipelines.restem import best_of_k, keep_successes, reward_statistics
 
 
@@ -46,3 +48,38 @@ def test_arc_successes_and_statistics():
     assert stats["mean"] == 0.5 and stats["max"] == 1.0 and stats["min"] == 0.0
     assert stats["histogram"] == [2, 2] and stats["kept_fraction"] == 0.5
     assert reward_statistics([], [])["n"] == 0
+
+
+def _scored(context, index, reward, passage_only):
+    return {
+        "id": f"{context}/{index}",
+        "context_id": context,
+        "passage_id": context,
+        "edit_index": index,
+        "prompt": "p",
+        "completion": f"{context}-{index}",
+        "reward": reward,
+        "gain": reward,
+        "gain_over_passage": reward - passage_only,
+        "components": {"passage_only_accuracy": passage_only},
+        "stats": {"words": 10.0 * (index + 1), "lines": 1.0, "entity_coverage": 0.5, "copied_line_share": 0.0},
+    }
+
+
+def test_min_gain_over_passage_only_keeps_self_edits_that_beat_the_passage():
+    records = [_scored("a", 0, 0.5, 0.5), _scored("a", 1, 0.25, 0.5), _scored("b", 0, 0.75, 0.25)]
+    assert [r["completion"] for r in best_of_k(records, min_gain=0.01, gain_over="passage_only")] == ["b-0"]
+    assert [r["completion"] for r in best_of_k(records, min_gain=0.01)] == ["a-0", "b-0"]  # over no_adaptation
+    with pytest.raises(ValueError, match="gain_over"):
+        best_of_k(records, gain_over="nothing")
+
+
+def test_round_evidence_counts_passages_whose_best_beats_passage_only():
+    from seal_pl.pipelines.restem import knowledge_round_evidence
+
+    records = [_scored("a", 0, 0.5, 0.5), _scored("a", 1, 0.25, 0.5), _scored("b", 0, 0.75, 0.25)]
+    kept = best_of_k(records, group_key="context_id")
+    evidence = knowledge_round_evidence(records, kept)
+    assert evidence["best_beats_passage_only"] == 0.5  # a ties passage_only, b beats it
+    assert evidence["self_edits"]["n"] == 3 and evidence["self_edits"]["words"] == pytest.approx(40 / 3)
+    assert evidence["kept_self_edits"]["n"] == 2 and evidence["kept_self_edits"]["words"] == 10.0

@@ -83,7 +83,11 @@ def one_thread():
 
 
 def test_knowledge_round_layout_results_and_plot(tmp_path, capsys, one_thread):
-    config = knowledge_config(tmp_path, rounds=1, evaluate_base=True, eval=with_eval())
+    estep = copy.deepcopy(TINY_KNOWLEDGE["estep"])
+    estep["model"]["init_args"]["conditions"] = ["no_adaptation", "passage_only", "self_edit"]
+    config = knowledge_config(
+        tmp_path, rounds=1, evaluate_base=True, eval=with_eval(limit=2), estep=estep, gain_over="passage_only"
+    )
     run_dir = tmp_path / "run"
     main(["restem", "--config", str(config), "--run_dir", str(run_dir)])
 
@@ -98,7 +102,17 @@ def test_knowledge_round_layout_results_and_plot(tmp_path, capsys, one_thread):
     assert len(records) == 3 * 2  # 3 passages x K = 2
     for record in records:
         assert {"id", "context_id", "edit_index", "seed", "prompt", "completion", "reward", "components"} <= set(record)
-        assert set(record["components"]) == {"accuracy_per_seed", "baseline_accuracy", "gain"}
+        assert set(record["components"]) == {
+            "accuracy_per_seed",
+            "baseline_accuracy",
+            "gain",
+            "passage_only_accuracy",
+            "gain_over_passage",
+        }
+        assert record["gain_over_passage"] == pytest.approx(
+            record["reward"] - record["components"]["passage_only_accuracy"]
+        )
+        assert set(record["stats"]) == {"words", "lines", "entity_coverage", "copied_line_share"}
     kept = list(read_records(round_0 / "sft.jsonl"))
     assert len(kept) == 3 and {r["passage_id"] for r in kept} == {r["context_id"] for r in records}
 
@@ -117,7 +131,22 @@ def test_knowledge_round_layout_results_and_plot(tmp_path, capsys, one_thread):
     assert summary["estep"]["kept"] == 3 and summary["estep"]["n"] == 6 and len(summary["estep"]["histogram"]) == 10
     assert summary["sft"]["trained"] and summary["sft"]["n_examples"] == 3
     assert set(summary["eval"]["metrics"]) == {"no_adaptation", "passage_only", "self_edit"}
+    # Evidence per round: what the filter saw, what the self-edits look like, where the time went.
+    assert 0.0 <= summary["estep"]["best_beats_passage_only"] <= 1.0
+    assert summary["estep"]["self_edits"]["n"] == 6 and summary["estep"]["kept_self_edits"]["n"] == 3
+    assert summary["eval"]["self_edit_stats"]["n"] == 2 and len(summary["eval"]["samples"]) == 2
+    timing = summary["timing"]
+    assert all(timing[f"{stage}_seconds"] > 0 for stage in ("estep", "sft", "eval"))
+    assert timing["estep_phases"]["train_seconds"] > 0 and timing["estep_phases"]["sample_seconds"] > 0
+    assert 0.0 < timing["estep_train_fraction_of_peak"] < 2.0
     results = json.loads((run_dir / "results.json").read_text())
+    assert results["machine"]["peak_fp32_flops"] > 0
+    comparisons = results["comparisons"]
+    for name in ("self_edit_last_minus_base", "self_edit_minus_passage_only_last", "self_edit_minus_passage_only_base"):
+        c = comparisons[name]
+        assert c["low"] <= c["difference"] <= c["high"] and c["n"] > 0
+    questions = sum(1 for _ in read_records(run_dir / "round_0/eval/predictions.jsonl")) // 3
+    assert comparisons["self_edit_last_minus_base"]["n"] == questions
     assert results["base"]["eval"]["model"] == "tiny-random-llama" and len(results["rounds"]) == 1
     assert "held-out" in capsys.readouterr().out
 
@@ -129,6 +158,10 @@ def test_knowledge_round_layout_results_and_plot(tmp_path, capsys, one_thread):
         tags["scalars"]
     )
     assert "sft/loss_round_0" in tags["scalars"] and "estep/reward" in tags["histograms"]
+    assert {"estep/best_beats_passage_only", "estep/self_edits_words", "heldout/self_edit_entity_coverage"} <= set(
+        tags["scalars"]
+    )
+    assert {"time/estep_seconds", "time/estep_train_fraction_of_peak"} <= set(tags["scalars"])
     assert any("self_edits" in tag for tag in tags["tensors"])
     assert [e.step for e in events.Scalars("heldout/self_edit")] == [0, 1]
 
