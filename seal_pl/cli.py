@@ -15,6 +15,7 @@ whose rounds are made of such runs.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -26,6 +27,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 import seal_pl.lightning  # noqa: F401  (makes the short class names resolvable in configs)
+from seal_pl.restem.layout import is_multiprocess
 
 RESULT_SECTIONS = ("model", "data", "seed_everything")
 
@@ -54,6 +56,39 @@ class RunDirConfig(SaveConfigCallback):
         trainer.strategy.barrier()
 
 
+RUN_DIR_ENV = "SEAL_RUN_DIR"
+"""The default run directory chosen by the launching process; the DDP ranks Lightning starts inherit it."""
+
+
+def resolve_run_dir(
+    given: str | None, subcommand: str | None, num_nodes: int = 1, env=None, *, spawns_ranks: bool = True
+) -> str:
+    """The run directory every process of one command agrees on.
+
+    ``--run_dir`` wins. Otherwise the first process makes ``runs/<subcommand>-<timestamp>`` and puts
+    it in ``$SEAL_RUN_DIR``, which the ranks Lightning launches inherit (they start seconds later and
+    would otherwise pick another timestamp). Processes started by an outside launcher (torchrun,
+    SLURM: ``LOCAL_RANK``/``WORLD_SIZE`` set) or on several nodes share no environment, so there the
+    default is refused: pass ``--run_dir`` on a shared file system. ``spawns_ranks``: whether this
+    command's trainer starts more processes (only then is the choice exported).
+    """
+    env = os.environ if env is None else env
+    if given:
+        return given
+    if env.get(RUN_DIR_ENV):
+        return env[RUN_DIR_ENV]
+    launched_outside = env.get("LOCAL_RANK") is not None or int(env.get("WORLD_SIZE", "1") or 1) > 1
+    if num_nodes > 1 or launched_outside:
+        raise RunDirConflictError(
+            "several processes (nodes, or ranks started by torchrun/SLURM) must write into one run "
+            "directory: pass --run_dir DIR on a file system all of them share"
+        )
+    run_dir = f"runs/{subcommand or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if spawns_ranks:  # only then: a later command in this process must get a directory of its own
+        env[RUN_DIR_ENV] = run_dir
+    return run_dir
+
+
 class SealCLI(LightningCLI):
     """LightningCLI with a ``--run_dir`` and TensorBoard logging into it."""
 
@@ -68,7 +103,13 @@ class SealCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        run_dir = config.get("run_dir") or f"runs/{self.subcommand or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+        trainer = config.trainer.as_dict() if hasattr(config.trainer, "as_dict") else dict(config.trainer)
+        run_dir = resolve_run_dir(
+            config.get("run_dir"),
+            self.subcommand,
+            int(trainer.get("num_nodes") or 1),
+            spawns_ranks=is_multiprocess(trainer),
+        )
         config.run_dir = run_dir
         config.trainer.default_root_dir = run_dir
         if config.trainer.get("logger") in (None, True):

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from seal_pl.generation.base import GeneratorBackend, Prompt, SamplingParams, cut_at_stop, render_prompt
+from seal_pl.models.rng import seeded
 
 
 class HFGenerator(GeneratorBackend):
@@ -40,8 +41,7 @@ class HFGenerator(GeneratorBackend):
         outputs: list[str] = [""] * len(prompts)
         device = model.device
         do_sample = params.temperature > 0
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(params.seed)
+        with seeded(params.seed):
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start : start + self.batch_size]
                 width = max(len(encoded[i]) for i in chunk)

@@ -136,6 +136,9 @@ class AdapterBank:
         self.slots = slots
         self.routing = _Routing()
         self.layers: dict[str, LoRALinear] = {}
+        self.versions = [0] * slots
+        """Per slot, a counter raised whenever its weights may have changed (reset, load, training):
+        a server of exported adapters re-exports a slot only when its version moved."""
         model.requires_grad_(False)
         generator = torch.Generator().manual_seed(spec.init_seed)
         targets = set(spec.target_modules)
@@ -182,6 +185,13 @@ class AdapterBank:
                 layer.lora_B[slot].zero_()
                 layer.lora_A[slot].grad = None
                 layer.lora_B[slot].grad = None
+            self.versions[slot] += 1
+
+    def touch(self, slots: Sequence[int]) -> None:
+        """Mark the weights of ``slots`` as changed (their :attr:`versions` move on)."""
+        for slot in slots:
+            self._check_slot(slot)
+            self.versions[slot] += 1
 
     def train_mode(self, enabled: bool) -> None:
         """Turn gradients for every slot on or off (the base model stays frozen)."""
@@ -203,9 +213,13 @@ class AdapterBank:
         for name, layer in self.layers.items():
             layer.lora_A[slot].copy_(state[f"base_model.model.{name}.lora_A.weight"])
             layer.lora_B[slot].copy_(state[f"base_model.model.{name}.lora_B.weight"])
+        self.touch([slot])
 
-    def save_peft(self, slot: int, directory: str | Path, base_model_name_or_path: str = "") -> Path:
-        """Write one slot as a PEFT LoRA adapter folder (loadable by PEFT and by vLLM's LoRARequest)."""
+    def save_peft(
+        self, slot: int, directory: str | Path, base_model_name_or_path: str = "", dtype: torch.dtype | None = None
+    ) -> Path:
+        """Write one slot as a PEFT LoRA adapter folder (loadable by PEFT and by vLLM's LoRARequest),
+        in ``dtype`` (default: as trained)."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
@@ -224,7 +238,10 @@ class AdapterBank:
             "inference_mode": True,
         }
         (directory / "adapter_config.json").write_text(json.dumps(config, indent=2))
-        tensors = {key: value.contiguous() for key, value in self.state_dict(slot).items()}
+        tensors = {
+            key: (value if dtype is None else value.to(dtype)).contiguous()
+            for key, value in self.state_dict(slot).items()
+        }
         save_file(tensors, str(directory / "adapter_model.safetensors"))
         return directory
 

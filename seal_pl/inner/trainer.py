@@ -37,6 +37,7 @@ from seal_pl.inner.sequences import (
     tokenize_sequence,
 )
 from seal_pl.models.heads import decoder_and_head
+from seal_pl.models.rng import seeded
 
 
 @dataclass
@@ -234,8 +235,7 @@ class InnerLoopTrainer:
         was_training = self.model.training
         self.model.train()
         try:
-            with torch.random.fork_rng(devices=[]), torch.enable_grad():
-                torch.manual_seed(c.seed if jobs[0].seed is None else jobs[0].seed)
+            with seeded(c.seed if jobs[0].seed is None else jobs[0].seed), torch.enable_grad():
                 for step in range(max(len(p) for p in plans)):
                     active = [j for j, plan in enumerate(plans) if step < len(plan)]
                     self._train_step(step, active, plans, tokenized, slots, results, device, autocast)
@@ -252,6 +252,7 @@ class InnerLoopTrainer:
         finally:
             self.bank.train_mode(False)
             self.model.train(was_training)
+            self.bank.touch(slots)
         elapsed = time.perf_counter() - started
         for result in results:
             result.seconds = elapsed

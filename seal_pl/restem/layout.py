@@ -133,7 +133,7 @@ def is_multiprocess(trainer: dict[str, Any]) -> bool:
     """Whether a trainer config asks for more than one process (then a stage runs as its own command)."""
     devices = trainer.get("devices", 1)
     single = devices in (1, "1", None) or (isinstance(devices, list | tuple) and len(devices) == 1)
-    strategy = str(trainer.get("strategy") or "auto")
+    strategy = str(trainer.get("strategy") or "auto").lower()  # a name, or a class_path section (DDPStrategy)
     spread = any(word in strategy for word in ("ddp", "fsdp", "deepspeed"))
     return not single or int(trainer.get("num_nodes") or 1) > 1 or spread
 

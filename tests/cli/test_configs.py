@@ -91,7 +91,27 @@ def test_trainer_config_composes(config: Path, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     expected = yaml.safe_load(config.read_text(encoding="utf-8"))["trainer"]
     for key, value in expected.items():
-        assert printed["trainer"][key] == value
+        if isinstance(value, dict) and "class_path" in value:  # e.g. DDPStrategy: the given init_args survive
+            assert printed["trainer"][key]["class_path"] == value["class_path"]
+            for name, arg in value.get("init_args", {}).items():
+                assert printed["trainer"][key]["init_args"][name] == arg
+        else:
+            assert printed["trainer"][key] == value
+
+
+def test_gpu_config_is_multiprocess_with_a_long_collective_timeout():
+    from datetime import timedelta
+
+    from jsonargparse import ArgumentParser
+
+    from seal_pl.restem.layout import is_multiprocess
+
+    trainer = yaml.safe_load((ROOT / "configs/trainer/gpu.yaml").read_text(encoding="utf-8"))["trainer"]
+    assert is_multiprocess(trainer) and is_multiprocess({**trainer, "devices": 1})
+    parser = ArgumentParser()
+    parser.add_argument("--timeout", type=timedelta)
+    timeout = parser.parse_args(["--timeout", trainer["strategy"]["init_args"]["timeout"]]).timeout
+    assert timeout > timedelta(minutes=30)  # Lightning's default
 
 
 def test_help_lists_subcommands(capsys):

@@ -155,3 +155,23 @@ def test_grouped_sampling_writes_samples_first_and_resumes_with_them(tmp_path):
 def test_sampling_group_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="sampling_group"):
         run(tmp_path / "bad", "--model.init_args.sampling_group", "0")
+
+
+def test_ranks_agree_on_the_default_run_dir():
+    from seal_pl.cli import resolve_run_dir
+
+    env: dict[str, str] = {}
+    first = resolve_run_dir(None, "test", env=env)
+    assert first.startswith("runs/test-") and env["SEAL_RUN_DIR"] == first
+    # A rank Lightning launches later (other timestamp) inherits the environment: same directory.
+    child = {**env, "LOCAL_RANK": "1", "WORLD_SIZE": "2"}
+    assert resolve_run_dir(None, "test", env=child) == first
+    assert resolve_run_dir("mine", "test", env={}) == "mine"
+    alone: dict[str, str] = {}
+    resolve_run_dir(None, "test", env=alone, spawns_ranks=False)
+    assert alone == {}  # a one-process command leaves nothing for the next command in this process
+    for outside in ({"LOCAL_RANK": "0"}, {"WORLD_SIZE": "8"}):
+        with pytest.raises(RunDirConflictError, match="--run_dir"):
+            resolve_run_dir(None, "test", env=dict(outside))
+    with pytest.raises(RunDirConflictError, match="--run_dir"):
+        resolve_run_dir(None, "test", num_nodes=2, env={})
