@@ -190,12 +190,27 @@ class LLMJudgeGrader:
     (question, golds, prediction, judge name) is judged once: its verdict is appended to
     ``cache_path`` and re-used on later calls and later runs. Failed judgements are not cached, so
     they are retried next time; in the current call they count as incorrect with ``error`` set.
+
+    Under DDP (``LOCAL_RANK`` set) each process appends to a file of its own next to ``cache_path``
+    (``<stem>.node<n>-rank<r><suffix>``), so that repairing a half-written last line can never cut
+    another process's entry; every process reads ``cache_path`` and all those files.
     """
 
     def __init__(self, judge: JudgeBackend, cache_path: str | Path | None = None) -> None:
         self.judge = judge
         self.cache_path = None if cache_path is None else Path(cache_path)
-        self._cache: dict[str, bool] = {} if self.cache_path is None else _read_verdict_cache(self.cache_path)
+        self._cache: dict[str, bool] = {}
+        if self.cache_path is not None:
+            for path in [self.cache_path, *sorted(self.cache_path.parent.glob(f"{self.cache_path.stem}.node*-rank*"))]:
+                self._cache.update(_read_verdict_cache(path))
+
+    @property
+    def write_path(self) -> Path | None:
+        """The file this process appends verdicts to."""
+        if self.cache_path is None or os.environ.get("LOCAL_RANK") is None:
+            return self.cache_path
+        node, rank = os.environ.get("NODE_RANK", "0"), os.environ["LOCAL_RANK"]
+        return self.cache_path.with_name(f"{self.cache_path.stem}.node{node}-rank{rank}{self.cache_path.suffix}")
 
     @property
     def name(self) -> str:
@@ -255,10 +270,11 @@ class LLMJudgeGrader:
                     "prediction": item.prediction,
                 }
             )
-        if self.cache_path is not None and new_entries:
-            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            _drop_partial_last_line(self.cache_path)
-            with self.cache_path.open("a", encoding="utf-8") as stream:
+        target = self.write_path
+        if target is not None and new_entries:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _drop_partial_last_line(target)
+            with target.open("a", encoding="utf-8") as stream:
                 for entry in new_entries:
                     stream.write(json.dumps(entry, ensure_ascii=False) + "\n")
         return errors

@@ -253,6 +253,22 @@ class ReSTEMRun:
             raise ReSTEMConfigError("min_gain applies to the knowledge domain only")
         if not issubclass(_resolve_class(self.sft.model["class_path"]), PolicySFTModule):
             raise ReSTEMConfigError("sft.model must be a PolicySFTModule")
+        for name, stage in (("estep", self.estep), ("sft", self.sft), ("eval", self.eval)):
+            if stage is None:
+                continue
+            merged = {**self.trainer, **stage.trainer}
+            if int(merged.get("num_nodes") or 1) > 1:
+                raise ReSTEMConfigError(
+                    f"{name}: num_nodes > 1. seal restem launches every stage on this machine, so it runs on one "
+                    "node (all of its GPUs: devices -1). For several nodes, run each round's stages as ordinary "
+                    "`seal predict|fit|test` commands under your launcher (srun, torchrun) with a shared --run_dir; "
+                    "the README's ReST-EM section lists the stage configs a round needs."
+                )
+            if self.launcher == "inprocess" and is_multiprocess(merged):
+                raise ReSTEMConfigError(
+                    f"{name}: launcher inprocess cannot run a multi-process (DDP) stage: Lightning would start the "
+                    "whole `seal restem` command again on every rank. Use launcher: auto (or subprocess)."
+                )
         sft_trainer = {**self.trainer, **self.sft.trainer}
         if sft_trainer.get("max_epochs") is None and sft_trainer.get("max_steps") in (None, -1):
             raise ReSTEMConfigError("set sft.trainer.max_epochs (or max_steps): Lightning's default is 1000 epochs")

@@ -384,3 +384,31 @@ def test_openai_judge_without_auth_and_unreachable_server_records_the_error() ->
 
     assert verdicts[0].correct is False
     assert "127.0.0.1:9/v1/chat/completions" in (verdicts[0].error or "")
+
+
+def test_each_ddp_rank_appends_to_its_own_cache_file_and_all_are_read(tmp_path: Path, monkeypatch) -> None:
+    cache_path = tmp_path / "verdicts.jsonl"
+    for rank, question in (("0", "Q1?"), ("1", "Q2?")):
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        LLMJudgeGrader(CountingJudge("yes"), cache_path=cache_path).grade([GradeItem(question, ("a",), "a b")])
+    assert not cache_path.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["verdicts.node0-rank0.jsonl", "verdicts.node0-rank1.jsonl"]
+    monkeypatch.delenv("LOCAL_RANK")
+    later = CountingJudge("no")
+    verdicts = LLMJudgeGrader(later, cache_path=cache_path).grade(
+        [GradeItem("Q1?", ("a",), "a b"), GradeItem("Q2?", ("a",), "a b")]
+    )
+    assert later.calls == 0 and [v.correct for v in verdicts] == [True, True]
+
+
+def test_local_judge_device_follows_the_rank(monkeypatch) -> None:
+    import torch
+
+    from seal_pl.generation.judge import judge_device
+
+    assert judge_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert judge_device(None) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert judge_device(None) == torch.device("cuda", 3)

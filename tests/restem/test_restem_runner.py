@@ -329,6 +329,13 @@ def test_config_errors(tmp_path):
     with pytest.raises(ReSTEMConfigError, match="min_gain"):
         arc = {"model": ARC_MODULE, "data": {"class_path": "seal_pl.lightning.arc.ARCDataModule"}}
         run_from_args(["--config", str(knowledge_config(tmp_path, estep=arc)), "--min_gain", "0.1"])
+    with pytest.raises(ReSTEMConfigError, match="passage_only condition"):
+        run_from_args(["--config", str(knowledge_config(tmp_path)), "--gain_over", "passage_only"])
+    with pytest.raises(ReSTEMConfigError, match="one node"):
+        run_from_args(["--config", str(knowledge_config(tmp_path)), "--trainer.num_nodes", "2"])
+    ddp = {**TINY_KNOWLEDGE["trainer"], "strategy": "ddp", "devices": 2}
+    with pytest.raises(ReSTEMConfigError, match="launcher inprocess"):
+        run_from_args(["--config", str(knowledge_config(tmp_path, trainer=ddp)), "--launcher", "inprocess"])
     run = run_from_args(["--config", str(knowledge_config(tmp_path)), "--estep.trainer.no_such_option", "1"])
     with pytest.raises(ReSTEMConfigError, match="estep"):
         run.check()
