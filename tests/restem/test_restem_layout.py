@@ -124,7 +124,13 @@ def test_knowledge_records_are_normalised_and_filtered():
     records = knowledge_self_edits(shard)
     assert [r["id"] for r in records] == ["p0/0", "p0/1", "p0/2", "p1/0", "p1/1", "p1/2"]
     assert records[3]["completion"] == "rewritten" and records[3]["seed"] == 1
-    assert records[0]["components"] == {"accuracy_per_seed": [0.0], "baseline_accuracy": 0.1, "gain": -0.1}
+    assert records[0]["components"] == {
+        "accuracy_per_seed": [0.0],
+        "baseline_accuracy": 0.1,
+        "gain": -0.1,
+        "passage_only_accuracy": None,  # the E-step ran no passage_only condition
+        "gain_over_passage": None,
+    }
     kept = select("knowledge", records)
     assert [r["completion"] for r in kept] == ["c01", "c11"]
     assert [r["completion"] for r in select("knowledge", records, min_gain=0.05)] == ["c11"]

@@ -1,0 +1,45 @@
+"""scripts/compare_evals.py: paired bootstrap between evaluations, pooling several run directories."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("compare_evals", ROOT / "scripts/compare_evals.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _eval_dir(path: Path, verdicts: dict[str, list[bool]]) -> Path:
+    path.mkdir(parents=True)
+    rows = [
+        {"passage_id": "p", "question_id": f"q{i}", "condition": condition, "edit_index": 0, "correct": correct}
+        for condition, values in verdicts.items()
+        for i, correct in enumerate(values)
+    ]
+    (path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_pooled_difference_and_interval(tmp_path):
+    a1 = _eval_dir(tmp_path / "a1", {"self_edit": [True, True, False, False]})
+    a2 = _eval_dir(tmp_path / "a2", {"self_edit": [True, False, False, False]})
+    b = _eval_dir(tmp_path / "b", {"self_edit": [False, False, False, False], "passage_only": [True] * 4})
+    result = _script().main(["--a", str(a1), str(a2), "--b", str(b)])
+    assert result["mean_a"] == pytest.approx(3 / 8) and result["difference"] == pytest.approx(3 / 8)
+    assert result["low"] <= result["difference"] <= result["high"] and result["n"] == 4
+    against_passage = _script().main(["--a", str(b), "--b", str(b), "--condition-b", "passage_only"])
+    assert against_passage["difference"] == -1.0
+
+
+def test_missing_predictions_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="predictions.jsonl"):
+        _script().main(["--a", str(tmp_path), "--b", str(tmp_path)])
