@@ -43,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from seal_pl.inner.flops import _sync, adapter_training_flops, peak_matmul_flops
+from seal_pl.inner.flops import adapter_training_flops, peak_matmul_flops, synchronize
 
 
 def load_self_edits(n: int) -> list[list[str]]:
@@ -157,7 +157,7 @@ def run_ours(
         real_tokens += sum(r.train_tokens for r in results)
         processed_tokens += sum(r.processed_tokens for r in results)  # exact, padding included
         losses += [loss for r in results for loss in r.losses]
-    _sync(device)
+    synchronize(device)
     elapsed = time.perf_counter() - start
     mean_loss = sum(losses) / max(1, len(losses))
     return {

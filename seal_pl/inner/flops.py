@@ -14,7 +14,8 @@ import torch
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def _sync(device: str) -> None:
+def synchronize(device: str) -> None:
+    """Wait for queued kernels on an accelerator (nothing to wait for on the CPU)."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
@@ -28,11 +29,11 @@ def peak_matmul_flops(dtype_name: str = "fp32", device: str = "cpu", size: int =
     b = torch.randn(size, size, dtype=dtype, device=device)
     for _ in range(2):
         a @ b
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
-    _sync(device)
+    synchronize(device)
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 

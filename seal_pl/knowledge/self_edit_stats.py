@@ -4,9 +4,9 @@ ReST-EM changes the policy's self-edits; these numbers say how, round after roun
 
 * ``words`` and ``lines``: size of the self-edit (non-blank lines, whitespace-separated words);
 * ``entity_coverage``: the share of the passage's names and numbers that the self-edit mentions.
-  A name is a capitalised word that is not the first word of a sentence (and not a common
-  sentence opener), a number is a run of digits (``1,200`` and ``3.5`` count as one); matching is
-  case-sensitive on whole words;
+  A name is a capitalised word that occurs at least once other than as the first word of a
+  sentence (so "The" and "She" are not names, "Quenby" is), a number is a run of digits (``1,200``
+  and ``3.5`` count as one); matching is case-sensitive on whole words;
 * ``copied_line_share``: the share of the self-edit's lines copied from the passage: at least
   ``copy_threshold`` of the line's word trigrams occur in the passage (lines under three words:
   the whole line occurs in it), after lower-casing and dropping punctuation.
@@ -22,7 +22,6 @@ from collections.abc import Iterable, Sequence
 _WORD = re.compile(r"[A-Za-z0-9]+(?:[-'][A-Za-z0-9]+)*")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _CAPITALISED = re.compile(r"\b[A-Z][a-zA-Z'-]+\b")
-_SENTENCE_START = re.compile(r"(?:^|[.!?:;]\s+|\n\s*)([A-Z][a-zA-Z'-]+)")
 
 STATS_KEYS = ("words", "lines", "entity_coverage", "copied_line_share")
 
@@ -33,30 +32,29 @@ def _normalised_words(text: str) -> list[str]:
 
 def passage_entities(passage: str) -> set[str]:
     """Names and numbers of a passage (see the module docstring)."""
-    sentence_starts = {m.group(1) for m in _SENTENCE_START.finditer(passage)}
-    names = set(_CAPITALISED.findall(passage))
-    # A sentence-initial word counts as a name only if it is also capitalised somewhere else.
-    mid_sentence = {m.group(0) for m in _CAPITALISED.finditer(passage) if not _is_sentence_start(passage, m.start())}
-    names = {n for n in names if n not in sentence_starts or n in mid_sentence}
+    names = {m.group(0) for m in _CAPITALISED.finditer(passage) if not _is_sentence_start(passage, m.start())}
     return names | set(_NUMBER.findall(passage))
 
 
 def _is_sentence_start(text: str, index: int) -> bool:
-    before = text[:index].rstrip(" \t")
-    return not before or before[-1] in ".!?:;\n"
+    """Whether only spaces separate ``index`` from the text's start or from a sentence end."""
+    before = index - 1
+    while before >= 0 and text[before] in " \t":
+        before -= 1
+    return before < 0 or text[before] in ".!?:;\n"
 
 
 def _trigrams(words: Sequence[str]) -> list[tuple[str, ...]]:
     return [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
 
 
-def line_is_copied(line: str, passage_words: Sequence[str], passage_trigrams: set, threshold: float) -> bool:
+def line_is_copied(line: str, passage_text: str, passage_trigrams: set, threshold: float) -> bool:
+    """``passage_text``: the passage's normalised words joined by single spaces, with a space at each end."""
     words = _normalised_words(line)
     if not words:
         return False
     if len(words) < 3:
-        joined = " ".join(words)
-        return f" {joined} " in f" {' '.join(passage_words)} "
+        return f" {' '.join(words)} " in passage_text
     grams = _trigrams(words)
     return sum(g in passage_trigrams for g in grams) / len(grams) >= threshold
 
@@ -67,8 +65,9 @@ def self_edit_stats(completion: str, passage: str, copy_threshold: float = 0.8) 
     entities = passage_entities(passage)
     mentioned = set(_CAPITALISED.findall(completion)) | set(_NUMBER.findall(completion))
     passage_words = _normalised_words(passage)
+    passage_text = f" {' '.join(passage_words)} "
     passage_trigrams = set(_trigrams(passage_words))
-    copied = sum(line_is_copied(line, passage_words, passage_trigrams, copy_threshold) for line in lines)
+    copied = sum(line_is_copied(line, passage_text, passage_trigrams, copy_threshold) for line in lines)
     return {
         "words": float(len(completion.split())),
         "lines": float(len(lines)),

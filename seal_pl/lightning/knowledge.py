@@ -117,7 +117,6 @@ class SelfEditDistillDataModule(SFTDataModule):
     ):
         super().__init__(path=self_edits_path, batch_size=batch_size, max_length=max_length, shuffle=shuffle)
         self.passages_path = passages
-        self.self_edits_path = self_edits_path
         self.prompt_style = prompt_style
         self.chat_template = chat_template
         self.seed = seed
@@ -128,7 +127,7 @@ class SelfEditDistillDataModule(SFTDataModule):
         passages = select_passages(
             load_passages(self.passages_path), seed=self.seed, start=self.start, limit=self.limit
         )
-        edits = self_edits_for(self.self_edits_path, [p.id for p in passages])
+        edits = self_edits_for(self.path, [p.id for p in passages])  # path: the self-edit file
         return [
             {
                 "passage_id": p.id,
@@ -250,9 +249,13 @@ class KnowledgeIncorporationModule(InnerLoopModule):
                 repeats=self.inner_seeds,
             )
         record["timing"] = asdict(self.pipeline.timing)
+        stats_of: dict[str, dict[str, float]] = {}  # per distinct completion (inner seeds repeat it)
         for condition in ("self_edit", "external"):
             for run in record["conditions"].get(condition, []):
-                run["self_edit_stats"] = self_edit_stats(run["adaptation"]["completion"], passage.context)
+                completion = run["adaptation"]["completion"]
+                if completion not in stats_of:
+                    stats_of[completion] = self_edit_stats(completion, passage.context)
+                run["self_edit_stats"] = stats_of[completion]
         if self_edits:
             prompt = self.pipeline.self_edit_prompt(passage)
             for reward in self_edit_rewards(record):
@@ -264,7 +267,7 @@ class KnowledgeIncorporationModule(InnerLoopModule):
                         "seed": seed,
                         "prompt": prompt,
                         **reward,
-                        "stats": self_edit_stats(reward["completion"], passage.context),
+                        "stats": stats_of[reward["completion"]],
                     },
                 )
         for condition, runs in record["conditions"].items():

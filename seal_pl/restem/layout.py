@@ -15,6 +15,7 @@ A ReST-EM run directory::
         self_edits.jsonl         every self-edit: prompt, completion, reward, components, seed
         sft.jsonl                the kept (prompt, completion) pairs
         filter.json              reward statistics and how many were kept
+        timing.json              wall seconds of each stage as it ran
         sft.yaml  sft/           the M-step as a ``seal fit`` config and its run dir (loss curve)
         policy/                  the merged policy (safetensors): next round's policy and learner
         eval.yaml  eval/         held-out evaluation (``seal test``) of this round's policy
@@ -95,6 +96,11 @@ class RoundLayout:
     @property
     def policy_marker(self) -> Path:
         return self.policy / POLICY_MARKER
+
+    @property
+    def timing(self) -> Path:
+        """Wall seconds of each stage of the round, recorded as the stage runs."""
+        return self.root / "timing.json"
 
     @property
     def summary(self) -> Path:

@@ -49,6 +49,7 @@ from typing import Any, Literal
 import yaml
 
 from seal_pl.pipelines.restem import (
+    GAIN_FIELDS,
     GainBaseline,
     arc_self_edits,
     knowledge_round_evidence,
@@ -247,8 +248,8 @@ class ReSTEMRun:
                 )
         elif init.get("mode") != "self_edit":
             raise ReSTEMConfigError("estep: the ARC module must run in mode: self_edit")
-        if self.gain_over not in ("no_adaptation", "passage_only"):
-            raise ReSTEMConfigError(f"gain_over must be no_adaptation or passage_only, got {self.gain_over!r}")
+        if self.gain_over not in GAIN_FIELDS:
+            raise ReSTEMConfigError(f"gain_over must be one of {sorted(GAIN_FIELDS)}, got {self.gain_over!r}")
         if self.min_gain is not None and self.domain != "knowledge":
             raise ReSTEMConfigError("min_gain applies to the knowledge domain only")
         if not issubclass(_resolve_class(self.sft.model["class_path"]), PolicySFTModule):
@@ -415,7 +416,7 @@ class ReSTEMRun:
             "timing": self._round_timing(layout),
             "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
         }
-        self._log_round(index, records, kept, stats, sft, heldout)
+        self._log_round(index, records, kept, stats, sft, heldout, summary["timing"])
         write_json(layout.summary, summary)
         write_json(self.run_dir / "results.json", self._results())
 
@@ -485,8 +486,7 @@ class ReSTEMRun:
 
     def _round_timing(self, layout: RoundLayout) -> dict[str, Any]:
         """Wall seconds of each stage (as first run), the E-step's phases and its achieved FLOP/s."""
-        path = layout.root / "timing.json"
-        timing: dict[str, Any] = dict(read_json(path)) if path.is_file() else {}
+        timing: dict[str, Any] = dict(read_json(layout.timing)) if layout.timing.is_file() else {}
         estep_results = layout.stage_dir("estep") / "results.json"
         if estep_results.is_file():
             phases = read_json(estep_results).get("timing") or {}
@@ -510,15 +510,13 @@ class ReSTEMRun:
             _run_command([sys.executable, "-m", "seal_pl", *argv])
         else:
             _seal(argv)
-        _record_seconds(layout.root / "timing.json", f"{stage}_seconds", time.perf_counter() - started)
-        if separate:
-            return
-        gc.collect()
-        with contextlib.suppress(Exception):
-            import torch
+            gc.collect()
+            with contextlib.suppress(Exception):
+                import torch
 
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+        _record_seconds(layout.timing, f"{stage}_seconds", time.perf_counter() - started)
 
     # --------------------------------------------------------------------------- logging
     @property
@@ -555,6 +553,7 @@ class ReSTEMRun:
         stats: dict[str, Any],
         sft: dict[str, Any] | None,
         heldout: dict[str, Any] | None,
+        timing: dict[str, Any],
     ) -> None:
         writer = self.writer
         rewards = [float(r["reward"]) for r in records if r.get("reward") is not None]
@@ -573,7 +572,7 @@ class ReSTEMRun:
             for name, value in (stats.get(group) or {}).items():
                 if name != "n":
                     writer.add_scalar(f"estep/{group}_{name}", value, index)
-        for name, value in self._round_timing(RoundLayout.of(self.run_dir, index)).items():
+        for name, value in timing.items():
             if isinstance(value, int | float):
                 writer.add_scalar(f"time/{name}", value, index)
         writer.add_scalar("filter/kept", stats["kept"], index)
