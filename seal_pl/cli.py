@@ -11,6 +11,8 @@ whose rounds are made of such runs.
   ``runs/<subcommand>-<timestamp>`` is made.
 * Re-running a command with the same ``--run_dir`` resumes it (finished items are skipped). A run
   directory made with a different model/data configuration is refused rather than overwritten.
+* A user error (bad file, record, option or run directory) prints one paragraph and exits 2;
+  ``--debug`` (or ``SEAL_DEBUG=1``) adds the traceback (:mod:`seal_pl.errors`).
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 import seal_pl.lightning  # noqa: F401  (makes the short class names resolvable in configs)
+from seal_pl.errors import UserError, run_reporting_user_errors
 from seal_pl.restem.layout import is_multiprocess
 
 RESULT_SECTIONS = ("model", "data", "seed_everything")
 
 
-class RunDirConflictError(RuntimeError):
+class RunDirConflictError(UserError, RuntimeError):
     """The run directory holds a run made with a different configuration."""
 
 
@@ -146,8 +149,11 @@ RESTEM_EPILOG = (
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``seal`` console script."""
-    argv = sys.argv[1:] if args is None else list(args)
+    """Entry point of the ``seal`` console script: user errors print one paragraph and exit 2."""
+    run_reporting_user_errors(_dispatch, sys.argv[1:] if args is None else list(args))
+
+
+def _dispatch(argv: list[str]) -> None:
     if argv and argv[0] == "restem":
         from seal_pl.restem.runner import main as restem_main
 
@@ -163,7 +169,7 @@ def main(args: list[str] | None = None) -> None:
         save_config_callback=RunDirConfig,
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
-        args=args,
+        args=argv,
         auto_configure_optimizers=False,
         parser_kwargs={"epilog": RESTEM_EPILOG},
     )

@@ -16,10 +16,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from seal_pl.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class RecordFileError(ValueError):
+class RecordFileError(UserError, ValueError):
     """A JSONL record file is corrupt somewhere other than its last line."""
 
 

@@ -30,6 +30,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from seal_pl.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 Grid = np.ndarray
@@ -40,7 +42,7 @@ ARC_MAX_SIDE = 30
 """Largest grid side in the official ARC data; larger grids load with a warning."""
 
 
-class ARCFormatError(ValueError):
+class ARCFormatError(UserError, ValueError):
     """Malformed ARC data; the message names the file, the task id and the field when known."""
 
     def __init__(

@@ -30,10 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from seal_pl.errors import UserError
+
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
-class SquadFormatError(ValueError):
+class SquadFormatError(UserError, ValueError):
     """A passage or self-edit file does not have the expected shape; the message names file and record."""
 
 

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from seal_pl.errors import UserError
+
 _PUNCTUATION_TABLE = str.maketrans("", "", string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _YES = re.compile(r"\byes\b", re.IGNORECASE)
@@ -140,7 +142,7 @@ class JudgeBatchError(RuntimeError):
         self.errors = errors
 
 
-class MissingAPIKeyError(RuntimeError):
+class MissingAPIKeyError(UserError, RuntimeError):
     """The environment variable that should hold the judge's API key is not set."""
 
 

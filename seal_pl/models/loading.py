@@ -27,13 +27,15 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from seal_pl.errors import UserError
+
 log = logging.getLogger(__name__)
 
 TINY_MODEL_NAME = "tiny-random-llama"
 CACHE_ENV = "SEAL_PL_CACHE"
 
 
-class ModelNotAvailableError(RuntimeError):
+class ModelNotAvailableError(UserError, RuntimeError):
     """The requested model cannot be found locally; the message says how to get it."""
 
 

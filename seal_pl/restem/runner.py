@@ -48,6 +48,7 @@ from typing import Any, Literal
 
 import yaml
 
+from seal_pl.errors import UserError
 from seal_pl.pipelines.restem import (
     GAIN_FIELDS,
     GainBaseline,
@@ -83,7 +84,7 @@ TEXT_SAMPLES = 3
 """Self-edits shown as text in TensorBoard per round (the best-rewarded ones)."""
 
 
-class ReSTEMConfigError(ValueError):
+class ReSTEMConfigError(UserError, ValueError):
     """A ``seal restem`` config that cannot run (or a run directory made with another config)."""
 
 
