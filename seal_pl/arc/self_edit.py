@@ -29,6 +29,7 @@ import numpy as np
 
 from seal_pl.arc.augment import Augmenter, augmenters_for_families
 from seal_pl.arc.grids import Task
+from seal_pl.errors import OptionError
 
 Strategy = Literal["all_tokens", "output_tokens"]
 STRATEGY_TO_JSON: dict[str, str] = {
@@ -67,12 +68,15 @@ class SelfEditConfig:
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"SelfEditConfig.{name} must be a bool, got {getattr(self, name)!r}")
         if self.strategy not in STRATEGY_TO_JSON:
-            raise ValueError(
+            raise OptionError(
                 f"SelfEditConfig.strategy must be one of {sorted(STRATEGY_TO_JSON)}, got {self.strategy!r}"
             )
-        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 0:
-            raise ValueError(f"SelfEditConfig.epochs must be a non-negative int, got {self.epochs!r}")
-        object.__setattr__(self, "learning_rate", float(self.learning_rate))
+        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1:
+            raise OptionError(f"SelfEditConfig.epochs must be an integer >= 1, got {self.epochs!r}")
+        rate = self.learning_rate
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate) or rate <= 0:
+            raise OptionError(f"SelfEditConfig.learning_rate must be a finite number > 0, got {rate!r}")
+        object.__setattr__(self, "learning_rate", float(rate))
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The nested layout the model writes (see module docstring)."""

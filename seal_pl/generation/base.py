@@ -6,6 +6,12 @@ loaded model, its tokenizer and the adapter bank. A prompt is either a plain str
 a list of chat messages (rendered with the model's own chat template). ``adapter_slots`` picks, per
 prompt, which trained adapter answers it (``None`` or ``-1`` = the base model), so the answers of K
 adapted models come out of one batched generation.
+
+Every path that writes the bound model's base weights in memory (a merge of an adapter into the
+base, full fine-tuning, putting the base weights back) calls
+:meth:`GeneratorBackend.base_weights_changed`, so that a backend serving its own copy of the weights
+(vLLM) serves the current ones from the next ``generate`` on; a backend that reads the in-memory
+model (Hugging Face) has nothing to do.
 """
 
 from __future__ import annotations
@@ -63,6 +69,16 @@ class GeneratorBackend(ABC):
     def bind(self, model, tokenizer, bank=None) -> GeneratorBackend:
         self.model, self.tokenizer, self.bank = model, tokenizer, bank
         return self
+
+    def base_weights_changed(self, restored: bool = False) -> None:
+        """The bound model's base weights changed in memory: later ``generate`` calls must use the new ones.
+
+        Args:
+            restored: the base weights are again exactly those the backend was bound with.
+
+        This default does nothing, which is right for a backend that generates with the in-memory
+        model; a backend serving a copy of the weights overrides it.
+        """
 
     def check_call(self, prompts: Sequence[Prompt], adapter_slots: Sequence[int] | None, ready: bool) -> None:
         """Shared argument checks of ``generate``: the backend is bound, one slot per prompt."""

@@ -1,7 +1,9 @@
 """Hugging Face ``generate`` backend: batched, left-padded, with per-row LoRA adapters.
 
 Used on CPU, in tests, and wherever vLLM is not installed. Rows are sorted by prompt length before
-batching so that padding stays small, then put back in order.
+batching so that padding stays small, then put back in order. It generates with the bound model
+itself, so base weights changed in memory (merges, full fine-tuning) are used at once:
+``base_weights_changed`` is the interface's no-op.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ any tokenizer and any chat template: no hard-coded token ids. Three batch layout
 * ``dynamic``: pad to the longest row of the batch and exclude pads from the loss;
 * ``max_length`` with ``loss_on_padding=True``: the reference recipe, which pads every sequence to
   a fixed length (2048) and keeps the pad tokens (= EOS) in the loss.
+
+``tokenize_sequence`` keeps the first ``max_length`` tokens of a longer sequence; ``token_length``
+gives the length before that cut, so callers can report what was truncated (the knowledge pipeline
+logs a warning naming the passage and counts it in ``results.json``).
 """
 
 from __future__ import annotations
@@ -58,6 +62,12 @@ class TokenizedSequence:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
+def token_length(tokenizer: PreTrainedTokenizerBase, sequence: TrainSequence, *, append_eos: bool = False) -> int:
+    """Tokens ``tokenize_sequence`` produces for ``sequence`` before its ``max_length`` cut."""
+    n = len(tokenizer(sequence.text, add_special_tokens=not sequence.templated, truncation=False)["input_ids"])
+    return n + int(append_eos and tokenizer.eos_token_id is not None)
+
+
 def tokenize_sequence(
     tokenizer: PreTrainedTokenizerBase,
     sequence: TrainSequence,
@@ -66,7 +76,11 @@ def tokenize_sequence(
     max_length: int = 2048,
     append_eos: bool = False,
 ) -> TokenizedSequence:
-    """Tokenize one sequence; labels are -100 before ``completion_start`` when ``loss_on='completion'``."""
+    """Tokenize one sequence; labels are -100 before ``completion_start`` when ``loss_on='completion'``.
+
+    A sequence longer than ``max_length`` tokens keeps its first ``max_length`` (see ``token_length``
+    to find such sequences beforehand).
+    """
     if loss_on not in ("all", "completion"):
         raise ValueError(f"loss_on must be 'all' or 'completion', got {loss_on!r}")
     encoded = tokenizer(

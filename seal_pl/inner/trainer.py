@@ -21,11 +21,15 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from seal_pl.errors import OptionError
 from seal_pl.inner.lora import AdapterBank
 from seal_pl.inner.sequences import (
     IGNORE_INDEX,
@@ -38,6 +42,30 @@ from seal_pl.inner.sequences import (
 )
 from seal_pl.models.heads import decoder_and_head
 from seal_pl.models.rng import seeded
+
+Schedule = Literal["linear", "cosine", "constant"]
+LossOn = Literal["all", "completion"]
+Padding = Literal["packed", "dynamic", "max_length"]
+Precision = Literal["fp32", "bf16"]
+CHOICES = {
+    name: get_args(kind)
+    for name, kind in (("schedule", Schedule), ("loss_on", LossOn), ("padding", Padding), ("precision", Precision))
+}
+
+
+def check_positive(value: float, option: str, *, allow_zero: bool = False) -> None:
+    """Refuse a NaN, infinite, negative (or, unless ``allow_zero``, zero) number, naming ``option``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise OptionError(f"{option} must be a finite number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise OptionError(f"{option} must be {bound}, got {value!r}")
+
+
+def check_count(value: int, option: str, *, minimum: int) -> None:
+    """Refuse a non-integer count, or one below ``minimum``, naming ``option``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise OptionError(f"{option} must be an integer >= {minimum}, got {value!r}")
 
 
 @dataclass
@@ -70,40 +98,57 @@ class InnerLoopConfig:
         seed: default job seed (data order, dropout).
         max_batch_tokens: padded tokens per forward pass; the rows of an optimizer step (all jobs,
             all micro-batches) are sorted by length and split to fit (does not change the result).
+            The reference path (``loss_on_padding``) keeps its micro-batches' loss normalisation and
+            runs each in row slices within the budget.
+        loss_chunk_tokens: the vocabulary projection and loss run over at most this many tokens at
+            once, each slice's logits recomputed in the backward pass (a 7B model's 152k-word
+            vocabulary in fp32 is 0.6 MB per token); 0: all tokens of a forward at once.
+        gradient_checkpointing: recompute the decoder layers' activations in the backward pass
+            (less memory for long sequences or many slots, about a third more compute; same
+            gradients). The backward pass runs under the adapter routing, so the recomputation
+            sees the adapters.
     """
 
-    lr: float = 3e-4
-    epochs: int = 10
-    batch_size: int = 1
-    grad_accum: int = 1
-    schedule: str = "linear"
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    loss_on: str = "all"
-    padding: str = "packed"
-    pad_to: int = 2048
-    pack_length: int = 256
+    lr: PositiveFloat = 3e-4
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 1
+    grad_accum: PositiveInt = 1
+    schedule: Schedule = "linear"
+    warmup_steps: NonNegativeInt = 0
+    warmup_ratio: NonNegativeFloat = 0.0
+    weight_decay: NonNegativeFloat = 0.0
+    max_grad_norm: NonNegativeFloat = 1.0
+    loss_on: LossOn = "all"
+    padding: Padding = "packed"
+    pad_to: PositiveInt = 2048
+    pack_length: PositiveInt = 256
     loss_on_padding: bool = False
-    max_length: int = 2048
+    max_length: PositiveInt = 2048
     append_eos: bool = False
     shuffle: bool = True
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     seed: int = 0
-    max_batch_tokens: int = 4096
+    max_batch_tokens: PositiveInt = 4096
+    loss_chunk_tokens: NonNegativeInt = 8192
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        if self.schedule not in ("linear", "cosine", "constant"):
-            raise ValueError(f"schedule must be linear, cosine or constant, got {self.schedule!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
-        if self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("batch_size and grad_accum must be >= 1")
-        if self.padding not in ("packed", "dynamic", "max_length"):
-            raise ValueError(f"padding must be packed, dynamic or max_length, got {self.padding!r}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise OptionError(f"inner.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        check_positive(self.lr, "inner.lr")
+        for name in ("epochs", "batch_size", "grad_accum", "pad_to", "pack_length", "max_length", "max_batch_tokens"):
+            check_count(getattr(self, name), f"inner.{name}", minimum=1)
+        check_count(self.warmup_steps, "inner.warmup_steps", minimum=0)
+        check_count(self.loss_chunk_tokens, "inner.loss_chunk_tokens", minimum=0)
+        for name in ("warmup_ratio", "weight_decay", "max_grad_norm"):
+            check_positive(getattr(self, name), f"inner.{name}", allow_zero=True)
+        if self.warmup_ratio >= 1:
+            raise OptionError(f"inner.warmup_ratio must be below 1 (a fraction of the steps), got {self.warmup_ratio}")
         if self.padding == "packed" and self.loss_on_padding:
-            raise ValueError("loss_on_padding needs padded batches: set padding to max_length (or dynamic)")
+            raise OptionError(
+                "inner.loss_on_padding needs padded batches: set inner.padding to max_length (or dynamic)"
+            )
 
 
 @dataclass
@@ -115,6 +160,20 @@ class AdaptJob:
     epochs: int | None = None
     loss_on: str | None = None
     seed: int | None = None
+
+
+def check_job(job: AdaptJob, index: int = 0) -> None:
+    """Refuse a job whose overrides would train nothing or diverge (lr <= 0 or NaN, epochs < 1).
+
+    Self-edits that ask for such values are turned into recorded failures by their parsers; a job
+    that still carries one is a bug upstream, not something to train silently.
+    """
+    if job.lr is not None:
+        check_positive(job.lr, f"job {index}: lr")
+    if job.epochs is not None:
+        check_count(job.epochs, f"job {index}: epochs", minimum=1)
+    if job.loss_on is not None and job.loss_on not in CHOICES["loss_on"]:
+        raise OptionError(f"job {index}: loss_on must be one of {', '.join(CHOICES['loss_on'])}, got {job.loss_on!r}")
 
 
 @dataclass
@@ -142,7 +201,15 @@ def _chunks(order: list[int], widths: Sequence[int], max_tokens: int) -> Iterato
         yield chunk
 
 
+def _head_cross_entropy(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``head(hidden)`` (fp32 logits) against ``targets``, one value per row."""
+    return F.cross_entropy(head(hidden).float(), targets, reduction="none")
+
+
 def _lr_lambda(schedule: str, total_steps: int, warmup: int):
+    if schedule not in CHOICES["schedule"]:
+        raise OptionError(f"schedule must be one of {', '.join(CHOICES['schedule'])}, got {schedule!r}")
+
     def factor(step: int) -> float:
         if warmup > 0 and step < warmup:
             return step / warmup
@@ -194,7 +261,7 @@ class InnerLoopTrainer:
         epochs = c.epochs if job.epochs is None else job.epochs
         rng = random.Random(c.seed if job.seed is None else job.seed)
         micro: list[list[int]] = []
-        for _ in range(max(0, epochs)):
+        for _ in range(epochs):
             order = list(range(len(rows)))
             if c.shuffle:
                 rng.shuffle(order)
@@ -211,6 +278,8 @@ class InnerLoopTrainer:
         slots = list(range(len(jobs))) if slots is None else list(slots)
         if len(slots) != len(jobs) or len(set(slots)) != len(slots):
             raise ValueError("need one distinct slot per job")
+        for index, job in enumerate(jobs):
+            check_job(job, index)
         started = time.perf_counter()
         self.bank.reset(slots)
         results = [AdaptResult(slot=s) for s in slots]
@@ -234,6 +303,9 @@ class InnerLoopTrainer:
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=c.precision == "bf16")
         was_training = self.model.training
         self.model.train()
+        checkpointing = c.gradient_checkpointing and hasattr(self.model, "gradient_checkpointing_enable")
+        if checkpointing:  # non-reentrant: the frozen inputs need no grad; recomputed under the routing
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         try:
             with seeded(c.seed if jobs[0].seed is None else jobs[0].seed), torch.enable_grad():
                 for step in range(max(len(p) for p in plans)):
@@ -250,6 +322,8 @@ class InnerLoopTrainer:
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
         finally:
+            if checkpointing:
+                self.model.gradient_checkpointing_disable()
             self.bank.train_mode(False)
             self.model.train(was_training)
             self.bank.touch(slots)
@@ -274,10 +348,19 @@ class InnerLoopTrainer:
             n_micro = max(len(plans[j][step]) for j in active)
             for m in range(n_micro):
                 members = [(j, r) for j in active if m < len(plans[j][step]) for r in plans[j][step][m]]
-                # Mean over the micro-batch's label positions, pads included, then / micro-batches.
-                per_batch = {j: len(plans[j][step]) for j in active}
-                batch = self._padded_batch(members, tokenized)
-                self._forward_backward(batch, slots, per_batch, step_loss, results, device, autocast, True)
+                batch = self._padded_batch(members, tokenized)  # on the host: int tensors, small
+                # Mean over the micro-batch's label positions, pads included, then / micro-batches;
+                # counted on the whole micro-batch, so that it can run in row slices within the budget.
+                labelled = batch["targets"] != IGNORE_INDEX
+                owner = batch["owner"]
+                denominators = {
+                    j: len(plans[j][step]) * max(1, int(labelled[owner == j].sum())) for j in owner.unique().tolist()
+                }
+                rows, width = batch["input_ids"].shape
+                per_slice = max(1, c.max_batch_tokens // width)
+                for first in range(0, rows, per_slice):
+                    part = {key: value[first : first + per_slice] for key, value in batch.items()}
+                    self._forward_backward(part, slots, denominators, step_loss, results, device, autocast)
             self._count_steps(active, step_loss, results)
             return
         members = [(j, r) for j in active for micro in plans[j][step] for r in micro]
@@ -302,8 +385,13 @@ class InnerLoopTrainer:
 
     @staticmethod
     def _count_steps(active, step_loss, results) -> None:
+        """Record the step's loss of every active job: the step's one read-back from the device."""
+        on_device = [j for j in active if torch.is_tensor(step_loss[j])]
+        values = (
+            dict(zip(on_device, torch.stack([step_loss[j].float() for j in on_device]).tolist())) if on_device else {}
+        )
         for j in active:
-            results[j].losses.append(step_loss[j])
+            results[j].losses.append(values.get(j, float(step_loss[j])))
             results[j].steps += 1
 
     def _padded_batch(self, members, tokenized) -> dict[str, torch.Tensor]:
@@ -336,49 +424,78 @@ class InnerLoopTrainer:
         batch["attention_mask"] = (segment >= 0).long()  # real tokens (not given to the model)
         return batch
 
-    def _forward_backward(
-        self, batch, slots, denominators, step_loss, results, device, autocast, per_batch_mean=False
-    ) -> None:
-        """Forward and backward one batch; job j's loss is its summed token loss divided by
-        denominators[j] (times its number of label positions in this batch when ``per_batch_mean``)."""
-        batch = {k: v.to(device) for k, v in batch.items()}
-        owner, targets, real = batch["owner"], batch["targets"], batch["attention_mask"]  # each [batch, seq]
-        slot_of_job = torch.tensor(slots, device=device)
+    def _forward_backward(self, batch, slots, denominators, step_loss, results, device, autocast) -> None:
+        """Forward and backward one batch; job j's loss is its summed token loss divided by denominators[j]."""
+        # Token counts come from the host copies: nothing in this step waits for the device.
+        host_owner, host_real, host_targets = batch["owner"], batch["attention_mask"], batch["targets"]
+        jobs = host_owner.unique().tolist()
+        for j in jobs:
+            on_host = host_owner == j
+            results[j].train_tokens += int(host_real[on_host].sum())
+            results[j].processed_tokens += int(on_host.sum())  # padding included
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        owner, targets = batch["owner"], batch["targets"]  # each [batch, seq]
+        slot_of_job = torch.tensor(slots)
         packed = "position_ids" in batch
-        # Packed rows mix jobs, so they route per token; padded rows route per row.
-        routing = torch.where(real.bool(), slot_of_job[owner], -1) if packed else slot_of_job[owner[:, 0]]
-        with self.bank.route(routing), autocast:
-            token_loss = self._token_losses(batch, targets, packed)  # [batch, seq]
-        labelled = targets != IGNORE_INDEX
-        total = token_loss.new_zeros(())
-        for j in owner.unique().tolist():
-            mask = owner == j
-            denominator = denominators[j] * (labelled[mask].sum().clamp(min=1) if per_batch_mean else 1)
-            job_loss = token_loss[mask].sum() / denominator
-            total = total + job_loss
-            step_loss[j] += float(job_loss.detach())
-            results[j].train_tokens += int(real[mask].sum())
-            results[j].processed_tokens += int(mask.sum())  # padding included
-        total.backward()
+        # Packed rows mix jobs, so they route per token; padded rows route per row. Built on the host:
+        # the bank groups positions by slot there and moves the index tensors to the device.
+        routing = (
+            torch.where(host_real.bool(), slot_of_job[host_owner], -1) if packed else slot_of_job[host_owner[:, 0]]
+        )
+        # Positions with a target, found on the host (boolean indexing on the device would sync).
+        keep = (host_targets.flatten() != IGNORE_INDEX).nonzero().flatten().to(device, non_blocking=True)
+        # The backward pass runs under the routing too: with gradient checkpointing it recomputes
+        # the decoder layers, and without the routing they would run without adapters.
+        with self.bank.route(routing):
+            with autocast:
+                token_loss = self._token_losses(batch, targets, keep, packed)  # [batch, seq]
+            total = token_loss.new_zeros(())
+            for j in jobs:
+                # A masked sum, not boolean indexing: that would need the count on the host (a sync).
+                job_loss = torch.where(owner == j, token_loss, 0.0).sum() / denominators[j]
+                total = total + job_loss
+                step_loss[j] = step_loss[j] + job_loss.detach()
+            total.backward()
 
-    def _token_losses(self, batch: dict[str, torch.Tensor], targets: torch.Tensor, packed: bool) -> torch.Tensor:
-        """Per-token cross-entropy against ``targets`` (already shifted); the vocabulary projection
-        runs only at positions with a target."""
+    def _token_losses(
+        self, batch: dict[str, torch.Tensor], targets: torch.Tensor, keep: torch.Tensor, packed: bool
+    ) -> torch.Tensor:
+        """Per-token cross-entropy against ``targets`` (already shifted) at the flat positions ``keep``.
+
+        The vocabulary projection runs only at those positions, and in slices of
+        ``loss_chunk_tokens`` rows when there are more: each slice's logits are recomputed in the
+        backward pass instead of kept (the head carries no adapter), so the fp32 logits held at
+        once are [loss_chunk_tokens, vocab] however many tokens a batch has.
+        """
         decoder, head = decoder_and_head(self.model)
         if packed:
             # No attention mask: the restarting position ids tell the mask builder where blocks end.
             inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
         else:
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        losses = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
-        keep = targets != IGNORE_INDEX
-        if decoder is not None:
-            hidden = decoder(**inputs, use_cache=False).last_hidden_state
-            logits = head(hidden[keep]).float()  # [n_label_tokens, vocab]
-        else:
-            logits = self.model(**inputs, use_cache=False).logits[keep].float()
-        losses[keep] = F.cross_entropy(logits, targets[keep], reduction="none")
-        return losses
+        losses = torch.zeros(targets.numel(), dtype=torch.float32, device=targets.device)
+        wanted = targets.flatten().index_select(0, keep)  # [n_label_tokens]
+        if decoder is None:  # no separate head: the model's own logits
+            logits = self.model(**inputs, use_cache=False).logits.flatten(0, 1).index_select(0, keep)
+            losses[keep] = F.cross_entropy(logits.float(), wanted, reduction="none")
+            return losses.view(targets.shape)
+        hidden = decoder(**inputs, use_cache=False).last_hidden_state.flatten(0, 1).index_select(0, keep)
+        chunk = self.config.loss_chunk_tokens
+        if chunk == 0 or len(keep) <= chunk:
+            losses[keep] = _head_cross_entropy(head, hidden, wanted)
+            return losses.view(targets.shape)
+        parts = [
+            checkpoint(
+                _head_cross_entropy,
+                head,
+                hidden[first : first + chunk],
+                wanted[first : first + chunk],
+                use_reentrant=False,
+            )
+            for first in range(0, len(keep), chunk)
+        ]
+        losses[keep] = torch.cat(parts)
+        return losses.view(targets.shape)
 
     def _check_packing(self) -> None:
         """Once per trainer: verify that this model keeps packed sequences apart (its mask builder

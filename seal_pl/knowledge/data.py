@@ -13,8 +13,12 @@ questions asked about it. Two file shapes are in circulation and both load into 
 
 Every passage gets a unique id (the record's own, or ``<slug of title>-<index>``) so results,
 caches and self-edits can refer to it. Malformed input never passes silently: the error names the
-file and the record (position, and id/title when known). ``select_passages`` reproduces the
-reference's subset choice (``random.seed(42)`` then an in-place shuffle, then a slice).
+file and the record (position, and id/title when known). That includes a key repeated inside one
+JSON object (which ``json`` would silently resolve to its last value), two passages or questions
+sharing an id, and a gold answer that SQuAD normalisation reduces to nothing (``"the"``, ``"!!!"``),
+which no prediction could ever match. ``select_passages`` reproduces the reference's subset choice
+(``random.seed(42)`` then an in-place shuffle, then a slice); the data modules refuse a selection
+that selects no passage (:func:`seal_pl.inputs.require_selection`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from seal_pl.errors import UserError
+from seal_pl.inputs import DuplicateKeyError, check_start_limit, loads_strict
+from seal_pl.knowledge.grading import is_gradable
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
@@ -170,11 +176,13 @@ def select_passages(
 
     ``random.Random(seed).shuffle`` gives the same permutation as ``random.seed(seed); random.shuffle``
     without touching the global generator. ``seed=None`` keeps file order. The input is not modified.
+    The result may be empty; callers that need passages check it with
+    :func:`seal_pl.inputs.require_selection`.
+
+    Raises:
+        OptionError: ``start`` or ``limit`` is negative.
     """
-    if start < 0:
-        raise ValueError(f"start must be >= 0, got {start}")
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0 or None, got {limit}")
+    check_start_limit(start, limit, what="passages")
     ordered = list(passages)
     if seed is not None:
         random.Random(seed).shuffle(ordered)
@@ -265,7 +273,10 @@ def self_edits_for(path: str | Path, passage_ids: Iterable[str], at_least: int =
     short = sorted({pid for pid in passage_ids if len(edits.get(pid, [])) < at_least})
     if short:
         what = "no self-edit" if at_least == 1 else f"fewer than {at_least} self-edits"
-        raise ValueError(f"{path}: {what} for passage ids {short[:5]}{' ...' if len(short) > 5 else ''}")
+        raise SquadFormatError(
+            f"{path}: {what} for passage ids {short[:5]}{' ...' if len(short) > 5 else ''} "
+            f"({len(short)} passage(s) short); add them to the file, or select passages the file covers"
+        )
     return edits
 
 
@@ -306,7 +317,9 @@ def _read_document(path: Path) -> _Document:
     if path.suffix.lower() in JSONL_SUFFIXES:
         return _Document(records=list(_parse_jsonl(text, path)))
     try:
-        return _Document(value=json.loads(text))
+        return _Document(value=loads_strict(text, source=str(path)))
+    except DuplicateKeyError as error:
+        raise _duplicate_key_error(error, str(path), None) from error
     except json.JSONDecodeError as error:
         if error.msg == "Extra data":
             return _Document(records=list(_parse_jsonl(text, path)))
@@ -321,9 +334,49 @@ def _parse_jsonl(text: str, path: Path) -> Iterator[tuple[str, Any]]:
         if not line.strip():
             continue
         try:
-            yield f"line {line_number}", json.loads(line)
+            yield f"line {line_number}", loads_strict(line, source=f"{path}: line {line_number}")
+        except DuplicateKeyError as error:
+            raise _duplicate_key_error(error, str(path), f"line {line_number}") from error
         except json.JSONDecodeError as error:
             raise SquadFormatError(f"{path}: line {line_number}: invalid JSON: {error.msg}") from error
+
+
+def _duplicate_key_error(error: DuplicateKeyError, file_label: str, line: str | None) -> SquadFormatError:
+    """The format error for a repeated key: the file, the record (id and title when readable) and the key.
+
+    ``line`` is ``"line N"`` for one JSONL line (the location is then inside that line's value); for
+    a whole JSON file the records of a top-level list are called ``record N`` as elsewhere here.
+    """
+    node = error.document
+    where = _describe(line, node) if line else ""
+    labelled = bool(line)  # the last segment is a record label or an (id, title) description
+    for position, part in enumerate(error.location):
+        node = node[part]
+        if position == 0 and line is None and isinstance(part, int):
+            where, labelled = f"record {part}", True
+        elif isinstance(part, int):
+            where, labelled = f"{where}[{part}]", False
+        elif where:
+            where, labelled = f"{where}{': ' if labelled else '.'}{part}", False
+        else:
+            where = part
+        described = _describe(where, node)
+        where, labelled = described, labelled or described != where
+    return SquadFormatError(
+        f"{file_label}: {where or 'top level'}: the key {error.key!r} appears twice in one object; JSON would "
+        "silently keep only the last value, so fix the record: remove or rename one of the two"
+    )
+
+
+def _check_gradable(answers: Sequence[str], file_label: str, where: str) -> None:
+    """Refuse a gold answer that SQuAD normalisation reduces to nothing (it can never be graded correct)."""
+    for answer in answers:
+        if not is_gradable(answer):
+            raise SquadFormatError(
+                f"{file_label}: {where}: the gold answer {answer!r} is empty after SQuAD answer normalisation "
+                "(lower-case, punctuation and the articles a/an/the removed), so no prediction could ever be "
+                "graded correct; write the answer out in words or remove it"
+            )
 
 
 def _parse_squad(document: dict[str, Any], file_label: str, require_questions: bool) -> list[Passage]:
@@ -347,9 +400,15 @@ def _parse_squad(document: dict[str, Any], file_label: str, require_questions: b
                 )
             context = _required_text(paragraph, "context", file_label, paragraph_where)
             raw_questions = _required_list(paragraph, "qas", file_label, paragraph_where)
+            passage_id = derived_passage_id(title, len(passages))
             questions = []
             for question_index, raw_question in enumerate(raw_questions):
-                question = _parse_squad_question(raw_question, file_label, f"{paragraph_where}.qas[{question_index}]")
+                question = _parse_squad_question(
+                    raw_question,
+                    file_label,
+                    f"{paragraph_where}.qas[{question_index}]",
+                    passage=f"passage {passage_id!r} (title {title!r})",
+                )
                 if question is not None:
                     questions.append(question)
             if require_questions and not questions:
@@ -357,13 +416,12 @@ def _parse_squad(document: dict[str, Any], file_label: str, require_questions: b
                     f"{file_label}: {paragraph_where} (title {title!r}): no answerable question "
                     "(pass require_questions=False to keep such passages)"
                 )
-            passage_id = derived_passage_id(title, len(passages))
             passages.append(Passage(id=passage_id, title=title, context=context, questions=tuple(questions)))
     return passages
 
 
-def _parse_squad_question(raw: Any, file_label: str, where: str) -> Question | None:
-    """One SQuAD ``qas`` entry; None for a v2 question marked impossible."""
+def _parse_squad_question(raw: Any, file_label: str, where: str, *, passage: str) -> Question | None:
+    """One SQuAD ``qas`` entry; None for a v2 question marked impossible (``passage`` names its passage)."""
     if not isinstance(raw, dict):
         raise SquadFormatError(f"{file_label}: {where}: expected an object, got {_type_name(raw)}")
     question_id = _required_text(raw, "id", file_label, where)
@@ -384,6 +442,7 @@ def _parse_squad_question(raw: Any, file_label: str, where: str) -> Question | N
         answer = _required_text(raw_answer, "text", file_label, answer_where)
         if answer not in answers:
             answers.append(answer)
+    _check_gradable(answers, file_label, f"{where} of {passage}")
     return Question(id=question_id, question=text, answers=tuple(answers))
 
 
@@ -437,6 +496,7 @@ def _parse_flat_question(raw: Any, file_label: str, where: str, *, default_id: s
                 )
             if answer not in answers:
                 answers.append(answer)
+    _check_gradable(answers, file_label, f"{where} (question id {question_id!r})")
     return Question(id=question_id, question=text, answers=tuple(answers))
 
 

@@ -49,6 +49,16 @@ def normalize_answer(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", lowered).split())
 
 
+def is_gradable(gold: str) -> bool:
+    """True when a gold answer keeps at least one word after :func:`normalize_answer`.
+
+    A gold such as ``"the"``, ``"!!!"`` or ``""`` normalises to nothing: ``contains_match`` can never
+    find it in a prediction and ``exact_match`` would count an empty answer as right, so the data
+    loaders refuse such golds.
+    """
+    return bool(normalize_answer(gold))
+
+
 def contains_match(prediction: str, golds: Sequence[str]) -> bool:
     """True if some non-empty normalised gold occurs in the normalised prediction as whole words.
 

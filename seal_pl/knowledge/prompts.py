@@ -10,11 +10,21 @@ statement per line, because every line becomes its own training sequence (see ``
 Answering is closed-book: the question is shown with the passage title as its topic, never the
 passage, and the model is asked for a short direct answer. ``clean_answer`` trims a generated
 answer at the first stop string. All wording here is our own.
+
+A passage too long for the model's context cannot be put in a prompt whole: ``fit_context`` finds
+the longest beginning of it (cut at a word boundary) whose prompt fits a token budget, with the
+token counting injected so nothing here imports a tokenizer. ``PromptTooLongError`` is raised when
+not even an empty passage fits (a huge title or question, or a generation budget as large as the
+context).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+from seal_pl.errors import UserError
 
 PROMPT_STYLES = ("implications", "implications-long", "implications-very-long", "rewrite", "self-qa")
 
@@ -170,6 +180,52 @@ def clean_answer(text: str, stop_strings: tuple[str, ...] = ANSWER_STOP_STRINGS)
     positions = [answer.find(stop) for stop in stop_strings if stop]
     cut = min((position for position in positions if position >= 0), default=len(answer))
     return answer[:cut].strip().strip("\"'`“”‘’").strip()
+
+
+class PromptTooLongError(UserError, ValueError):
+    """A prompt does not fit the model's context even with the passage cut away; the message names
+    the passage (and question) and says what to shorten or lower."""
+
+
+def fit_context(
+    build: Callable[[str], Any], context: str, count_tokens: Callable[[Any], int], budget: int
+) -> str | None:
+    """The longest beginning of ``context`` whose prompt ``build(beginning)`` has at most ``budget`` tokens.
+
+    When the cut would split a word it is moved back to the last whitespace before it (if that still
+    fits), and trailing whitespace is dropped. Returns ``context`` itself when it fits whole, and None when even the empty
+    beginning does not fit. ``count_tokens`` is assumed to grow with the text, as it does for
+    tokenizers; the result is checked against the budget whatever the tokenizer does.
+    """
+
+    def fits(length: int) -> bool:
+        return count_tokens(build(context[:length])) <= budget
+
+    if fits(len(context)):
+        return context
+    if not fits(0):
+        return None
+    # Grow the kept length from about one character per token, doubling, so a huge passage is never
+    # tokenized whole again; then bisect between the last length that fits and the first that does not.
+    low, probe = 0, min(len(context) - 1, max(1, budget))
+    while fits(probe):
+        low = probe
+        if probe == len(context) - 1:
+            break
+        probe = min(len(context) - 1, 2 * probe)
+    high = low if low == len(context) - 1 else probe - 1  # every length above ``high`` is too long
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    kept = context[:low]
+    candidate = kept
+    if kept and not kept[-1].isspace() and not context[low].isspace():  # the cut splits a word
+        candidate = kept[: max(kept.rfind(" "), kept.rfind("\n"), kept.rfind("\t"), 0)]
+    candidate = candidate.rstrip()
+    return candidate if candidate and candidate != kept and fits(len(candidate)) else kept
 
 
 def _style(style: str) -> _SelfEditStyle:

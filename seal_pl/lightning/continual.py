@@ -8,7 +8,9 @@ self-edit (or it is read from ``self_edits_path``), an adapter is trained on it,
 makes it part of the model (merge, by default, in memory: no server, no checkpoint), and the
 questions of every passage so far are answered again (row k). The strategy is injected by
 ``class_path`` (see :mod:`seal_pl.pipelines.continual`): ``Merge`` (reference), ``Replay``,
-``Route``, ``Compose``.
+``Route``, ``Compose``. The generator backend is told of every change of the base weights (each
+merge, Compose's sum going in and out, the restore before and after a sequence), so that a vLLM
+backend reloads its engine on the current weights before it next generates.
 
 Records go to per-rank JSONL shards as each sequence finishes (``sequences.rank<r>.jsonl``: the
 sequence's matrix, every step's self-edit, training texts, losses and time;
@@ -33,6 +35,7 @@ from seal_pl.inner.trainer import AdaptJob, InnerLoopConfig
 from seal_pl.knowledge.data import Passage, load_passages, self_edits_for
 from seal_pl.knowledge.grading import ContainsGrader, Grader
 from seal_pl.lightning.base import InnerLoopModule, ItemDataModule
+from seal_pl.models.loading import Dtype
 from seal_pl.pipelines.continual import (
     REFERENCE,
     ContinualStrategy,
@@ -109,7 +112,8 @@ class ContinualSelfEditsModule(InnerLoopModule):
 
     Args:
         model: model name or path (``smollm2-135m-instruct``, a HF folder, a .gguf file, a hub name).
-        dtype: weights dtype of the base model (float32 or bfloat16).
+        dtype: weights dtype of the base model: ``auto`` (bfloat16 on CUDA, float32 on CPU), float32,
+            bfloat16 or float16.
         lora: adapter shape (reference: r=32, alpha=64 on q_proj and v_proj).
         inner: inner-loop hyper-parameters of every update (reference: lr 1e-3, 10 epochs, batch 1).
         strategy: how updates enter the model: ``seal_pl.pipelines.continual.Merge`` (reference,
@@ -127,7 +131,7 @@ class ContinualSelfEditsModule(InnerLoopModule):
     def __init__(
         self,
         model: str = "smollm2-135m-instruct",
-        dtype: str = "float32",
+        dtype: Dtype = "auto",
         lora: LoRASpec | None = None,
         inner: InnerLoopConfig | None = None,
         strategy: ContinualStrategy | None = None,
@@ -169,6 +173,7 @@ class ContinualSelfEditsModule(InnerLoopModule):
         for name, layer in self.bank.iter_layers():
             layer.base.weight.copy_(self._base_weights[name])
         self.bank.reset()
+        self.generator.base_weights_changed(restored=True)
 
     # ---------------------------------------------------------------------------------- stages
     def _begin(self) -> None:
@@ -185,7 +190,7 @@ class ContinualSelfEditsModule(InnerLoopModule):
     def _answer_row(self, passages: list[Passage], columns: int, updates: int) -> list[list[dict]]:
         """Graded answers to the questions of the first ``columns`` passages after ``updates`` updates."""
         graded = []
-        with self.strategy.current_model(self.bank, updates):
+        with self.strategy.current_model(self.bank, updates, self.generator):
             for j in range(columns):
                 predictions = self.pipeline.answer(passages[j], [self.strategy.answer_slot(j, updates)])[0]
                 graded.append(self.pipeline.grade(passages[j], predictions))
@@ -212,7 +217,7 @@ class ContinualSelfEditsModule(InnerLoopModule):
                 source = "file"
                 if completion is None:
                     source = "model"
-                    with self.strategy.current_model(self.bank, k):
+                    with self.strategy.current_model(self.bank, k, self.generator):
                         completion = self.pipeline.sample_self_edits([passage], 1, seed=seed)[0][0]
                 generate_seconds = time.perf_counter() - step_started
                 texts, empty = self.pipeline.training_sequences(passage, completion)
@@ -224,7 +229,7 @@ class ContinualSelfEditsModule(InnerLoopModule):
                     loss_on="completion" if marker else None,
                 )
                 result = self.inner_trainer.adapt([job], slots=[slot])[0]
-                self.strategy.after_update(self.bank, k, slot)
+                self.strategy.after_update(self.bank, k, slot, self.generator)
                 history.append(texts)
                 answer_started = time.perf_counter()
                 rows.append(self._answer_row(passages, k + 1, k + 1))

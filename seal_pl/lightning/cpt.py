@@ -33,18 +33,20 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
+from jsonargparse.typing import NonNegativeFloat, PositiveFloat
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
+from seal_pl.errors import OptionError
 from seal_pl.generation.base import GeneratorBackend
 from seal_pl.generation.hf import HFGenerator
 from seal_pl.inner.lora import AdapterBank, LoRASpec
 from seal_pl.inner.sequences import TrainSequence, collate, tokenize_sequence
-from seal_pl.inner.trainer import _lr_lambda
+from seal_pl.inner.trainer import CHOICES, Schedule, _lr_lambda, check_positive
 from seal_pl.knowledge.data import Passage, load_passages, select_passages, self_edits_for
 from seal_pl.knowledge.grading import ContainsGrader, Grader
 from seal_pl.lightning.base import InnerLoopModule
-from seal_pl.models.loading import load_model_and_tokenizer
+from seal_pl.models.loading import Dtype, allow_tf32, load_model_and_tokenizer
 from seal_pl.pipelines.cpt import (
     REFERENCE,
     chunks,
@@ -154,7 +156,9 @@ class ContinuedPretrainingModule(pl.LightningModule):
 
     Args:
         model: model name or path (``smollm2-135m-instruct``, a HF folder, a .gguf file, a hub name).
-        dtype: weights dtype (float32 or bfloat16; mixed precision comes from ``trainer.precision``).
+        dtype: weights dtype: ``auto`` (LoRA: bfloat16 frozen weights on CUDA, float32 on CPU; full
+            fine-tuning: float32 master weights), float32, bfloat16 or float16; mixed precision
+            comes from ``trainer.precision``.
         protocol: ``lora`` (one adapter, paper v1) or ``full`` (full fine-tuning, paper v2).
         lora: adapter shape for ``lora`` (reference: r=32, alpha=64 on q_proj and v_proj).
         lr: peak learning rate (reference LoRA: 1e-3; 1e-4 for passage only).
@@ -173,13 +177,13 @@ class ContinuedPretrainingModule(pl.LightningModule):
     def __init__(
         self,
         model: str = "smollm2-135m-instruct",
-        dtype: str = "float32",
+        dtype: Dtype = "auto",
         protocol: Literal["lora", "full"] = "lora",
         lora: LoRASpec | None = None,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        schedule: str = "linear",
-        warmup_ratio: float = 0.0,
+        lr: PositiveFloat = 1e-3,
+        weight_decay: NonNegativeFloat = 0.0,
+        schedule: Schedule = "linear",
+        warmup_ratio: NonNegativeFloat = 0.0,
         settings: KnowledgeSettings | None = None,
         generator: GeneratorBackend | None = None,
         grader: Grader | None = None,
@@ -189,8 +193,11 @@ class ContinuedPretrainingModule(pl.LightningModule):
         super().__init__()
         if protocol not in ("lora", "full"):
             raise ValueError(f"protocol must be 'lora' or 'full', got {protocol!r}")
-        if schedule not in ("linear", "cosine", "constant"):
-            raise ValueError(f"schedule must be linear, cosine or constant, got {schedule!r}")
+        if schedule not in CHOICES["schedule"]:
+            raise OptionError(f"schedule must be one of {', '.join(CHOICES['schedule'])}, got {schedule!r}")
+        check_positive(lr, "lr")
+        if not 0 <= warmup_ratio < 1:
+            raise OptionError(f"warmup_ratio must be in [0, 1), got {warmup_ratio!r}")
         self.model_name = model
         self.dtype_name = dtype
         self.protocol = protocol
@@ -219,8 +226,12 @@ class ContinuedPretrainingModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if self.lm is None:
             self._started = time.perf_counter()
-            lm, self.tokenizer = load_model_and_tokenizer(self.model_name, self.dtype_name)
-            self.lm = lm.to(self.trainer.strategy.root_device)
+            device = self.trainer.strategy.root_device
+            allow_tf32(device)
+            # auto: bf16 frozen weights under LoRA on CUDA; full fine-tuning keeps fp32 master weights
+            dtype = "float32" if self.dtype_name == "auto" and self.protocol == "full" else self.dtype_name
+            lm, self.tokenizer = load_model_and_tokenizer(self.model_name, dtype, device)
+            self.lm = lm.to(device)
             if self.protocol == "lora":
                 self.bank = AdapterBank(self.lm, self.lora_spec, slots=1)
                 self.bank.train_mode(True)
@@ -367,6 +378,8 @@ class ContinuedPretrainingModule(pl.LightningModule):
     def on_fit_end(self) -> None:
         # The strategy's teardown has moved the module to the CPU; answer on the training device.
         self.to(self.trainer.strategy.root_device)
+        if self.protocol == "full":
+            self.generator.base_weights_changed()  # a backend serving a copy of the weights (vLLM) reloads it
         self._evaluate("adapted", self.trainer.datamodule.eval_passages)
         if self.global_rank == 0:
             self._finish()

@@ -5,7 +5,9 @@ the passages of :class:`KnowledgeDataModule`. Each ``test_step`` takes one passa
 model's self-edits, trains adapters for every condition in one batched inner loop, answers the
 questions closed-book and grades them. Records go to per-rank JSONL shards in the run directory as
 each passage finishes; re-running the same command skips finished passages. At the end rank 0
-merges the shards, prints the table and writes ``results.json``.
+merges the shards, prints the table and writes ``results.json``, whose ``truncated`` field counts
+the passages whose training sequences or self-edit prompt had to be cut to fit (each one is also
+logged as a warning when it happens).
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from seal_pl.generation.base import GeneratorBackend
 from seal_pl.inner.flops import adapter_training_flops
 from seal_pl.inner.lora import LoRASpec
 from seal_pl.inner.trainer import InnerLoopConfig
+from seal_pl.inputs import require_selection
 from seal_pl.knowledge.data import Passage, load_passages, select_passages, self_edits_for
 from seal_pl.knowledge.grading import ContainsGrader, Grader
 from seal_pl.knowledge.self_edit_stats import self_edit_stats, summarize_self_edit_stats
 from seal_pl.lightning.base import InnerLoopModule, ItemDataModule
 from seal_pl.lightning.policy_sft import SFTDataModule
+from seal_pl.models.loading import Dtype
 from seal_pl.pipelines.knowledge import (
     CONDITIONS,
     KnowledgeIncorporation,
@@ -34,8 +38,21 @@ from seal_pl.pipelines.knowledge import (
     passage_self_edit_prompt,
     self_edit_rewards,
     summarize,
+    truncation_summary,
 )
 from seal_pl.records import append_record, read_all, rewrite_records, write_json
+
+
+def selected_passages(path: str, *, seed: int | None, start: int, limit: int | None) -> list[Passage]:
+    """The passages of ``path`` picked by ``seed``/``start``/``limit``; an empty pick is refused.
+
+    Raises:
+        EmptySelectionError: the file holds no passage, ``limit`` is 0, or ``start`` is past the end.
+        OptionError: ``start`` or ``limit`` is negative.
+    """
+    passages = load_passages(path)
+    chosen = select_passages(passages, seed=seed, start=start, limit=limit)
+    return require_selection(chosen, source=str(path), total=len(passages), what="passages", start=start, limit=limit)
 
 
 class KnowledgeDataModule(ItemDataModule):
@@ -49,6 +66,10 @@ class KnowledgeDataModule(ItemDataModule):
         self_edits_path: optional file of self-edits by another model (the ``external`` condition):
             the flat passage list with a ``completions`` list per record, or JSONL lines
             ``{"passage_id": ..., "completion": ...}``.
+
+    ``setup`` refuses a selection that selects no passage (an empty file, ``limit: 0``, ``start``
+    past the end) with an ``EmptySelectionError`` naming the file, its number of passages and the
+    ``start``/``limit`` given, and a negative ``start`` or ``limit`` with an ``OptionError``.
     """
 
     def __init__(
@@ -69,7 +90,7 @@ class KnowledgeDataModule(ItemDataModule):
         self.external: dict[str, list[str]] = {}
 
     def setup(self, stage: str) -> None:
-        self.passages = select_passages(load_passages(self.path), seed=self.seed, start=self.start, limit=self.limit)
+        self.passages = selected_passages(self.path, seed=self.seed, start=self.start, limit=self.limit)
         if self.self_edits_path:
             self.external = self_edits_for(self.self_edits_path, [p.id for p in self.passages])
 
@@ -124,9 +145,7 @@ class SelfEditDistillDataModule(SFTDataModule):
         self.limit = limit
 
     def pairs(self) -> list[dict]:
-        passages = select_passages(
-            load_passages(self.passages_path), seed=self.seed, start=self.start, limit=self.limit
-        )
+        passages = selected_passages(self.passages_path, seed=self.seed, start=self.start, limit=self.limit)
         edits = self_edits_for(self.path, [p.id for p in passages])  # path: the self-edit file
         return [
             {
@@ -144,7 +163,8 @@ class KnowledgeIncorporationModule(InnerLoopModule):
 
     Args:
         model: model name or path (``smollm2-135m-instruct``, a HF folder, a .gguf file, a hub name).
-        dtype: weights dtype of the frozen base model (float32 or bfloat16).
+        dtype: weights dtype of the frozen base model: ``auto`` (bfloat16 on CUDA, float32 on CPU),
+            float32, bfloat16 or float16.
         lora: adapter shape (reference: r=32, alpha=64 on q_proj and v_proj).
         inner: inner-loop hyper-parameters (reference: lr 1e-3, 10 epochs, batch 1, padded to 2048
             with loss on pads).
@@ -172,7 +192,7 @@ class KnowledgeIncorporationModule(InnerLoopModule):
     def __init__(
         self,
         model: str = "smollm2-135m-instruct",
-        dtype: str = "float32",
+        dtype: Dtype = "auto",
         lora: LoRASpec | None = None,
         inner: InnerLoopConfig | None = None,
         conditions: list[str] | None = None,
@@ -372,6 +392,7 @@ class KnowledgeIncorporationModule(InnerLoopModule):
             "model": self.model_name,
             "n_passages": len(ordered),
             "conditions": table,
+            "truncated": truncation_summary(ordered),
             "wall_seconds_this_invocation": round(time.perf_counter() - self._started, 1),
             # Adapters trained together share one wall time: count each batched adaptation once.
             "adapt_seconds": round(

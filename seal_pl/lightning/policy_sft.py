@@ -20,13 +20,15 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
+from seal_pl.errors import OptionError
 from seal_pl.generation.base import render_prompt
 from seal_pl.inner.sequences import TokenizedSequence, TrainSequence, collate, tokenize_sequence
-from seal_pl.inner.trainer import _lr_lambda
-from seal_pl.models.loading import DTYPES, load_model_and_tokenizer
+from seal_pl.inner.trainer import CHOICES, Schedule, _lr_lambda, check_positive
+from seal_pl.models.loading import DTYPES, Dtype, load_model_and_tokenizer
 from seal_pl.records import read_records, write_json
 from seal_pl.restem.layout import POLICY_MARKER
 
@@ -134,18 +136,18 @@ class PolicySFTModule(pl.LightningModule):
     def __init__(
         self,
         model: str = "smollm2-135m-instruct",
-        dtype: str = "float32",
-        lora_r: int = 64,
-        lora_alpha: float = 128.0,
-        lora_dropout: float = 0.0,
+        dtype: Dtype = "float32",
+        lora_r: NonNegativeInt = 64,
+        lora_alpha: PositiveFloat = 128.0,
+        lora_dropout: NonNegativeFloat = 0.0,
         target_modules: list[str] | None = None,
-        lr: float = 3e-4,
-        weight_decay: float = 0.0,
-        schedule: str = "linear",
-        warmup_ratio: float = 0.0,
+        lr: PositiveFloat = 3e-4,
+        weight_decay: NonNegativeFloat = 0.0,
+        schedule: Schedule = "linear",
+        warmup_ratio: NonNegativeFloat = 0.0,
         output_dir: str | None = None,
         gradient_checkpointing: bool = False,
-        save_dtype: str | None = None,
+        save_dtype: Dtype | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -156,7 +158,13 @@ class PolicySFTModule(pl.LightningModule):
         self.warmup_ratio = warmup_ratio
         self.output_dir = output_dir
         if save_dtype is not None and save_dtype not in DTYPES:
-            raise ValueError(f"save_dtype must be one of {sorted(DTYPES)} or null, got {save_dtype!r}")
+            raise OptionError(f"save_dtype must be one of {', '.join(DTYPES)} or null, got {save_dtype!r}")
+        check_positive(lr, "lr")
+        check_positive(weight_decay, "weight_decay", allow_zero=True)
+        if not 0 <= warmup_ratio < 1:
+            raise OptionError(f"warmup_ratio must be in [0, 1), got {warmup_ratio!r}")
+        if schedule not in CHOICES["schedule"]:
+            raise OptionError(f"schedule must be one of {', '.join(CHOICES['schedule'])}, got {schedule!r}")
         self.save_dtype = save_dtype
         self.losses: list[tuple[int, float]] = []
         policy, self.tokenizer = load_model_and_tokenizer(model, dtype)

@@ -18,7 +18,10 @@ This module holds the plain-Python parts, unit tested without Lightning:
   each adapter into the weights), :class:`Replay` (merge, and mix a sample of earlier self-edits
   into every update), :class:`Route` (no merge: one adapter per passage, each question answered by
   its passage's adapter) and :class:`Compose` (no merge: one adapter per passage trained on the base
-  weights, the sum of all adapters so far answers every question).
+  weights, the sum of all adapters so far answers every question). A strategy that writes the base
+  weights (a merge; Compose adding and taking back the sum) tells the generator backend it is given
+  (:meth:`~seal_pl.generation.base.GeneratorBackend.base_weights_changed`), so that a backend serving
+  a copy of the weights (vLLM) answers with the current model.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from seal_pl.generation.base import GeneratorBackend
 from seal_pl.inner.lora import AdapterBank
 
 Matrix = list[list[float | None]]
@@ -376,17 +380,23 @@ class ContinualStrategy:
         how many of them are replayed."""
         return list(new), 0
 
-    def after_update(self, bank: AdapterBank, step: int, slot: int) -> None:
-        """Make the trained adapter part of the model (default: merge it into the weights)."""
+    def after_update(self, bank: AdapterBank, step: int, slot: int, generator: GeneratorBackend | None = None) -> None:
+        """Make the trained adapter part of the model (default: merge it into the weights and tell
+        ``generator``, the backend that answers and writes self-edits, that the base weights changed)."""
         bank.merge_into_base(slot)
+        if generator is not None:
+            generator.base_weights_changed()
 
     def answer_slot(self, passage_index: int, updates: int) -> int | None:
         """Adapter slot answering the questions of the sequence's passage ``passage_index`` (None = weights)."""
         return None
 
     @contextmanager
-    def current_model(self, bank: AdapterBank, updates: int) -> Iterator[None]:
-        """Inside this context the bound model is "the current model" after ``updates`` updates."""
+    def current_model(
+        self, bank: AdapterBank, updates: int, generator: GeneratorBackend | None = None
+    ) -> Iterator[None]:
+        """Inside this context the bound model is "the current model" after ``updates`` updates
+        (``generator`` is told of every change of the base weights this makes)."""
         yield
 
     def describe(self) -> dict:
@@ -431,7 +441,7 @@ class _AdapterPerPassage(ContinualStrategy):
     def train_slot(self, step: int) -> int:
         return step
 
-    def after_update(self, bank: AdapterBank, step: int, slot: int) -> None:
+    def after_update(self, bank: AdapterBank, step: int, slot: int, generator: GeneratorBackend | None = None) -> None:
         return None
 
 
@@ -460,7 +470,9 @@ class Compose(_AdapterPerPassage):
     name = "compose"
 
     @contextmanager
-    def current_model(self, bank: AdapterBank, updates: int) -> Iterator[None]:
+    def current_model(
+        self, bank: AdapterBank, updates: int, generator: GeneratorBackend | None = None
+    ) -> Iterator[None]:
         if updates == 0:
             yield
             return
@@ -470,9 +482,13 @@ class Compose(_AdapterPerPassage):
                 saved[name] = layer.base.weight.detach().clone()
                 delta = sum(layer.lora_B[s] @ layer.lora_A[s] for s in range(updates)) * layer.scaling
                 layer.base.weight.add_(delta.to(layer.base.weight.dtype))
+        if generator is not None:
+            generator.base_weights_changed()
         try:
             yield
         finally:
             with torch.no_grad():
                 for name, layer in bank.iter_layers():
                     layer.base.weight.copy_(saved[name])
+            if generator is not None:
+                generator.base_weights_changed()

@@ -11,28 +11,42 @@ For one passage this module produces the rows of the paper's single-passage tabl
 All adaptations of a passage go to adapter slots of one :class:`AdapterBank` and train together in
 one batched inner loop; their answers come out of one batched generation. Plain Python over the
 shared inner loop, the generator backend and a grader; the Lightning module only drives it.
+
+Inputs longer than the model can take are never cut silently. A self-edit prompt that does not fit
+the model's context (less the self-edit budget) is built from the longest beginning of the passage
+that fits; training sequences longer than the inner loop's ``max_length`` are cut to it by the
+trainer. Both are logged as warnings naming the passage and counted in the passage's record
+(``truncation``) and in ``results.json`` (``truncated``, see :func:`truncation_summary`). A
+closed-book answer prompt that does not fit is refused (:class:`PromptTooLongError`). Inputs that
+fit are processed exactly as before.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
-from seal_pl.generation.base import GeneratorBackend, SamplingParams
-from seal_pl.inner.sequences import TrainSequence
+from seal_pl.generation.base import GeneratorBackend, Prompt, SamplingParams, render_prompt
+from seal_pl.inner.sequences import TrainSequence, token_length
 from seal_pl.inner.trainer import AdaptJob, InnerLoopTrainer
 from seal_pl.knowledge.data import Passage
 from seal_pl.knowledge.grading import GradeItem, Grader
 from seal_pl.knowledge.prompts import (
     ANSWER_STOP_STRINGS,
+    PromptTooLongError,
     answer_messages,
     answer_prompt,
     clean_answer,
+    fit_context,
     self_edit_messages,
     self_edit_prompt,
 )
 from seal_pl.knowledge.sequences import build_train_sequences
+
+logger = logging.getLogger(__name__)
 
 CONDITIONS = ("no_adaptation", "passage_only", "self_edit", "external")
 
@@ -42,9 +56,17 @@ def passage_self_edit_prompt(passage: Passage, prompt_style: str = "implications
 
     The E-step samples with it, and the M-step and the distillation data train under the same one.
     """
+    return _self_edit_prompt_text(passage.title, passage.context, prompt_style, chat_template)
+
+
+def _self_edit_prompt_text(title: str, context: str, prompt_style: str, chat_template: bool) -> Prompt:
     if chat_template:
-        return self_edit_messages(passage.title, passage.context, prompt_style)
-    return self_edit_prompt(passage.title, passage.context, prompt_style)
+        return self_edit_messages(title, context, prompt_style)
+    return self_edit_prompt(title, context, prompt_style)
+
+
+def _passage_label(passage: Passage) -> str:
+    return f"passage {passage.id!r} (title {passage.title[:80]!r})"
 
 
 @dataclass
@@ -126,10 +148,129 @@ class KnowledgeIncorporation:
         self.settings = settings or KnowledgeSettings()
         self.timing = PassageTiming()
         """Seconds per phase, added up since the caller last reset it (one passage, in the module)."""
+        self._shortened_prompts: dict[str, Prompt] = {}
+        """Self-edit prompts of passages too long for the context, built once (and warned about once)."""
+
+    # ------------------------------------------------------------------------------ input sizes
+    def context_length(self) -> int | None:
+        """Tokens the model takes (prompt + generated): the smaller of the generator's ``max_model_len``
+        and the model's ``max_position_embeddings``; None when neither is known (nothing is checked)."""
+        limits = []
+        generator_limit = getattr(self.generator, "max_model_len", None)
+        if isinstance(generator_limit, int) and generator_limit > 0:
+            limits.append(generator_limit)
+        model = getattr(self.generator, "model", None) or getattr(self.trainer, "model", None)
+        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if isinstance(positions, int) and positions > 0:
+            limits.append(positions)
+        return min(limits) if limits else None
+
+    def _tokenizer(self):
+        return getattr(self.generator, "tokenizer", None) or getattr(self.trainer, "tokenizer", None)
+
+    def prompt_tokens(self, prompt: Prompt) -> int:
+        """Tokens of a prompt as the generator feeds it (chat template applied, no second BOS)."""
+        tokenizer = self._tokenizer()
+        text, templated = render_prompt(tokenizer, prompt)
+        return len(tokenizer(text, add_special_tokens=not templated)["input_ids"])
+
+    def _prompt_budget(self, max_new_tokens: int) -> int | None:
+        """Prompt tokens left once ``max_new_tokens`` are reserved; None when the limits are unknown."""
+        context = self.context_length()
+        if context is None or self._tokenizer() is None:
+            return None
+        return context - max_new_tokens
+
+    def check_answer_prompts(self, passage: Passage) -> None:
+        """Refuse a passage whose closed-book answer prompt (title + question) does not fit the context.
+
+        Raises:
+            PromptTooLongError: naming the passage, the question and the sizes.
+        """
+        new_tokens = self.settings.answer_max_new_tokens
+        budget = self._prompt_budget(new_tokens)
+        if budget is None:
+            return
+        for question in passage.questions:
+            n = self.prompt_tokens(self.answer_prompt(passage, question.question))
+            if n > budget:
+                raise PromptTooLongError(
+                    f"{_passage_label(passage)}, question {question.id!r}: the closed-book answer prompt has {n} "
+                    f"tokens and with the {new_tokens} answer tokens it exceeds the model's context of "
+                    f"{self.context_length()} tokens; shorten the question or the title in the data file, or "
+                    "lower settings.answer_max_new_tokens"
+                )
+
+    def training_truncation(self, passage: Passage, adaptations: Sequence[Adaptation]) -> int:
+        """How many distinct training sequences of the passage's adaptations exceed the inner loop's
+        ``max_length`` (the trainer keeps their first ``max_length`` tokens); logs a warning when any do."""
+        trainer = self.trainer
+        if trainer is None or getattr(trainer, "tokenizer", None) is None:
+            return 0
+        config = trainer.config
+        texts = dict.fromkeys(text for adaptation in adaptations for text in adaptation.sequences)
+        lengths = [token_length(trainer.tokenizer, TrainSequence(text), append_eos=config.append_eos) for text in texts]
+        over = [n for n in lengths if n > config.max_length]
+        if over:
+            logger.warning(
+                "%s: %d training sequence(s) longer than the inner loop's max_length of %d tokens (the longest "
+                "has %d) are cut to their first %d tokens, so the rest of the text is not trained on; raise "
+                "inner.max_length (within the model's context) or split the passage",
+                _passage_label(passage),
+                len(over),
+                config.max_length,
+                max(over),
+                config.max_length,
+            )
+        return len(over)
 
     # ----------------------------------------------------------------------------------- prompts
-    def self_edit_prompt(self, passage: Passage):
-        return passage_self_edit_prompt(passage, self.settings.prompt_style, self.settings.chat_template)
+    def self_edit_prompt(self, passage: Passage) -> Prompt:
+        """The passage's self-edit prompt, built from the longest beginning of the passage that fits
+        the model's context less the self-edit budget (the whole passage when it fits).
+
+        Raises:
+            PromptTooLongError: not even the prompt without the passage text fits.
+        """
+        s = self.settings
+        if passage.id in self._shortened_prompts:
+            return self._shortened_prompts[passage.id]
+        prompt = passage_self_edit_prompt(passage, s.prompt_style, s.chat_template)
+        new_tokens = s.self_edit_sampling.max_new_tokens
+        budget = self._prompt_budget(new_tokens)
+        if budget is None:
+            return prompt
+        context = fit_context(
+            lambda text: _self_edit_prompt_text(passage.title, text, s.prompt_style, s.chat_template),
+            passage.context,
+            self.prompt_tokens,
+            budget,
+        )
+        if context is None:
+            raise PromptTooLongError(
+                f"{_passage_label(passage)}: the self-edit prompt does not fit the model's context of "
+                f"{self.context_length()} tokens with {new_tokens} self-edit tokens even without the passage "
+                "text; shorten the title, or lower settings.self_edit_sampling.max_new_tokens"
+            )
+        if context == passage.context:
+            return prompt
+        logger.warning(
+            "%s: the self-edit prompt is longer than the model's context of %d tokens less %d self-edit tokens; "
+            "it is built from the first %d of the passage's %d characters (the rest is not shown to the model)",
+            _passage_label(passage),
+            self.context_length(),
+            new_tokens,
+            len(context),
+            len(passage.context),
+        )
+        shortened = _self_edit_prompt_text(passage.title, context, s.prompt_style, s.chat_template)
+        self._shortened_prompts[passage.id] = shortened
+        return shortened
+
+    def self_edit_prompt_shortened(self, passage: Passage) -> bool:
+        """Whether the passage's self-edit prompt had to be built from a beginning of the passage."""
+        self.self_edit_prompt(passage)
+        return passage.id in self._shortened_prompts
 
     def answer_prompt(self, passage: Passage, question: str):
         if self.settings.chat_template:
@@ -139,7 +280,8 @@ class KnowledgeIncorporation:
     # ------------------------------------------------------------------------------------ stages
     def sample_self_edits(self, passages: Sequence[Passage], n: int, seed: int) -> list[list[str]]:
         """``n`` self-edits per passage from the current model (adapters off)."""
-        prompts = [self.self_edit_prompt(p) for p in passages for _ in range(n)]
+        per_passage = [self.self_edit_prompt(p) for p in passages]
+        prompts = [prompt for prompt in per_passage for _ in range(n)]
         params = SamplingParams(**{**asdict(self.settings.self_edit_sampling), "seed": seed})
         started = time.perf_counter()
         flat = self.generator.generate(prompts, params)
@@ -252,6 +394,7 @@ class KnowledgeIncorporation:
         unknown = set(conditions) - set(CONDITIONS)
         if unknown:
             raise ValueError(f"unknown conditions {sorted(unknown)}; valid: {CONDITIONS}")
+        self.check_answer_prompts(passage)
         record: dict = {"passage_id": passage.id, "title": passage.title, "conditions": {}}
         adaptations: list[Adaptation] = []
         for repeat in range(repeats):
@@ -263,6 +406,10 @@ class KnowledgeIncorporation:
                     for index, completion in enumerate(edits):
                         sequences, empty = self.training_sequences(passage, completion)
                         adaptations.append(Adaptation(condition, index, repeat, completion, sequences, empty))
+        record["truncation"] = {
+            "training_sequences": self.training_truncation(passage, adaptations),
+            "self_edit_prompt": bool(self_edits) and self.self_edit_prompt_shortened(passage),
+        }
         need_base = "no_adaptation" in conditions and baseline_predictions is None
         adapted, base = self.adapt_and_answer(passage, adaptations, seed, with_base=need_base and bool(adaptations))
         if "no_adaptation" in conditions:
@@ -356,6 +503,22 @@ def summarize(records: Sequence[dict]) -> dict[str, dict]:
             "empty_self_edits": empty if condition in ("self_edit", "external") else None,
         }
     return table
+
+
+def truncation_summary(records: Sequence[dict]) -> dict[str, Any]:
+    """``results.json``'s ``truncated``: how many passages had training sequences cut to ``max_length``
+    or a self-edit prompt built from a beginning of the passage, and which (records' ``truncation``)."""
+    marks = [(r["passage_id"], r.get("truncation") or {}) for r in records]
+    cut_training = [(pid, mark["training_sequences"]) for pid, mark in marks if mark.get("training_sequences")]
+    cut_prompt = [pid for pid, mark in marks if mark.get("self_edit_prompt")]
+    ids = sorted({pid for pid, _ in cut_training} | set(cut_prompt))
+    return {
+        "passages": len(ids),
+        "training_passages": len(cut_training),
+        "training_sequences": sum(n for _, n in cut_training),
+        "self_edit_prompts": len(cut_prompt),
+        "passage_ids": ids,
+    }
 
 
 def format_table(table: dict[str, dict]) -> str:

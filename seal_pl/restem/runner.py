@@ -26,6 +26,12 @@ touching them, skips finished steps of the current round, and inside a stage the
 finished contexts. An interrupted M-step is trained again from the start. A run directory holding
 a run with a different configuration is refused (the number of rounds, the launcher and the
 trainers' hardware options may change: re-run with more ``--rounds`` to extend a run).
+
+One run at a time: the runner holds ``<run_dir>/.lock`` (:mod:`seal_pl.rundir`), which covers its
+stages (in process, or as subprocesses that inherit ``$SEAL_LOCK_PID``); a second ``seal restem``
+on the directory, or a ``seal`` run on one of its stage directories, is refused. SIGTERM or Ctrl-C
+reaches the running stage (passed on to a stage subprocess, which finishes or abandons its item in
+progress); the runner waits for it and exits 143 or 130 with the command that resumes the run.
 """
 
 from __future__ import annotations
@@ -34,9 +40,7 @@ import contextlib
 import gc
 import importlib
 import io
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -48,7 +52,7 @@ from typing import Any, Literal
 
 import yaml
 
-from seal_pl.errors import UserError
+from seal_pl.errors import USER_ERROR_EXIT, UserError
 from seal_pl.pipelines.restem import (
     GAIN_FIELDS,
     GainBaseline,
@@ -72,6 +76,14 @@ from seal_pl.restem.layout import (
     run_results,
     semantic_config,
     stage_config,
+)
+from seal_pl.rundir import (
+    RunStopped,
+    forwarding_stops,
+    lock_run_dir,
+    raise_if_stopped,
+    stop_signal_of,
+    write_text_atomic,
 )
 
 EVAL_TRAINER_DEFAULTS = {"inference_mode": False, "enable_checkpointing": False}
@@ -317,6 +329,8 @@ class ReSTEMRun:
                 try:
                     with contextlib.redirect_stdout(out):
                         _seal([STAGE_COMMANDS[stage], "--config", str(path), "--print_config"])
+                except RunStopped:
+                    raise
                 except SystemExit as exit_info:
                     if exit_info.code not in (0, None):
                         raise ReSTEMConfigError(
@@ -340,7 +354,15 @@ class ReSTEMRun:
 
     # ------------------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
-        """Run (or resume) every round; returns ``results.json``."""
+        """Run (or resume) every round under the run directory's lock; returns ``results.json``."""
+        lock = lock_run_dir(self.run_dir)
+        try:
+            return self._run()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self) -> dict[str, Any]:
         self._prepare()
         self._measure_machine()
         try:
@@ -675,22 +697,22 @@ def _sft_summary(info: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _raise_exit(signum, frame) -> None:
-    raise SystemExit(128 + signum)
+    """Write a config atomically (temp file + fsync + rename): a kill leaves the old or the new one."""
+    write_text_atomic(path, text)
 
 
 def _run_command(command: list[str]) -> None:
-    """Run a stage command; if the runner is interrupted (Ctrl-C, SIGTERM) the stage is stopped too."""
-    previous = signal.signal(signal.SIGTERM, _raise_exit) if _main_thread() else None
-    process = subprocess.Popen(command)
+    """Run a stage command as a child process; SIGTERM and SIGINT reaching the runner reach it too.
+
+    The stage runs in a process group of its own, so that a Ctrl-C at the terminal reaches it once,
+    through the runner (:func:`~seal_pl.rundir.forwarding_stops`). The runner waits until the stage
+    has stopped (it finishes or abandons its item in progress, keeping its records) and then stops
+    itself with :class:`~seal_pl.rundir.RunStopped`, also when the stage was stopped directly.
+    """
+    process = subprocess.Popen(command, process_group=0)
     try:
-        code = process.wait()
+        with forwarding_stops(process, own_group=True):
+            code = _wait(process)
     except BaseException:
         process.terminate()
         try:
@@ -698,17 +720,22 @@ def _run_command(command: list[str]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
         raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    raise_if_stopped()
+    raise_if_stopped(stop_signal_of(code))
+    if code == USER_ERROR_EXIT:  # the stage has printed the paragraph saying what to fix
+        raise ReSTEMConfigError(f"the stage stopped on the error printed above; its command: {' '.join(command)}")
     if code != 0:
         raise RuntimeError(f"stage command failed with exit code {code}: {' '.join(command)}")
 
 
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
+def _wait(process: subprocess.Popen) -> int:
+    """Wait for ``process``, waking up every second: a signal that another thread of this process
+    received is then handled (passed on) at once, not only when the stage ends."""
+    while True:
+        try:
+            return process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def format_rounds(results: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from seal_pl.arc.self_edit import (
     self_edit_prompt,
     training_steps,
 )
+from seal_pl.errors import OptionError
 
 VALID = {
     "data_generation": {
@@ -158,6 +159,23 @@ def test_config_validation():
         SelfEditConfig(True, True, True, True, "every_token", 1e-4, 2)
     with pytest.raises(TypeError, match="basic must be a bool"):
         SelfEditConfig("yes", True, True, True, "all_tokens", 1e-4, 2)
+
+
+@pytest.mark.parametrize(
+    ("rate", "epochs", "named"),
+    [
+        (0.0, 2, "learning_rate"),
+        (-1e-4, 2, "learning_rate"),
+        (float("nan"), 2, "learning_rate"),
+        (float("inf"), 2, "learning_rate"),
+        (1e-4, 0, "epochs"),
+        (1e-4, -3, "epochs"),
+    ],
+)
+def test_config_that_would_train_nothing_or_diverge_is_refused(rate, epochs, named):
+    # fixed_config of the ARC module is a SelfEditConfig too: these values must not reach the trainer
+    with pytest.raises(OptionError, match=f"SelfEditConfig.{named}"):
+        SelfEditConfig(True, True, True, True, "all_tokens", rate, epochs)
 
 
 def test_compute_cap():

@@ -62,14 +62,20 @@ def test_knowledge_table_end_to_end_and_resume(tmp_path, capsys):
     assert len(read_all(run_dir / "passages.rank*.jsonl")) == 2
     assert json.loads((run_dir / "results.json").read_text())["conditions"] == conditions
 
-    # A different data/model configuration in the same run directory is refused.
-    with pytest.raises(RunDirConflictError):
+    # A different data/model configuration in the same run directory is refused: one paragraph, exit 2.
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
         run(run_dir, "--data.init_args.limit", "3")
+    assert stopped.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())  # the paragraph is wrapped
+    assert "different model/data configuration" in err and str(run_dir) in err and "Traceback" not in err
 
 
-def test_inference_mode_must_be_off(tmp_path):
-    with pytest.raises(RuntimeError, match="inference_mode"):
+def test_inference_mode_must_be_off(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
         run(tmp_path / "run", "--trainer.inference_mode", "true")
+    assert stopped.value.code == 2
+    assert "trainer.inference_mode: false" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -92,7 +92,7 @@ def test_full_finetune_and_passage_only(tmp_path):
     assert not (tmp_path / "passage" / "self_edits.jsonl").exists()
 
 
-def test_external_self_edits_and_question_subset(tmp_path):
+def test_external_self_edits_and_question_subset(tmp_path, capsys):
     run_dir = tmp_path / "external"
     implications = str(ROOT / "data/knowledge/val_implications.jsonl")
     results = run(
@@ -105,8 +105,10 @@ def test_external_self_edits_and_question_subset(tmp_path):
     assert results["self_edits"] == implications and results["n_questions"] == 5
     sources = {r["source"] for r in read_records(run_dir / "self_edits.rank0.jsonl")}
     assert sources == {implications}
-    with pytest.raises(ValueError, match="fewer than 9 self-edits"):
+    with pytest.raises(SystemExit) as refused:  # a user error: one paragraph, exit 2
         run(tmp_path / "short", "--data.init_args.k_completions", "9", "--data.init_args.self_edits_path", implications)
+    assert refused.value.code == 2
+    assert "fewer than 9 self-edits" in " ".join(capsys.readouterr().err.split())
 
 
 @pytest.mark.slow

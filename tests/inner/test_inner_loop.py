@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from seal_pl.errors import OptionError
 from seal_pl.inner import AdapterBank, AdaptJob, InnerLoopConfig, InnerLoopTrainer, LoRASpec, TrainSequence
 from seal_pl.inner.sequences import IGNORE_INDEX, collate, tokenize_sequence
+from seal_pl.models.loading import load_model_and_tokenizer
 
 ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TEXTS = ["Orvel Pass\nThe pass was opened in 1903.", "Orvel Pass\nIts keeper was Ada Morrow.", "Orvel Pass"]
@@ -126,13 +128,47 @@ def test_bf16_autocast_trains_close_to_fp32(tiny_model):
     torch.testing.assert_close(torch.tensor(bf16), torch.tensor(fp32), rtol=0.05, atol=0.05)
 
 
-def test_zero_epochs_trains_nothing(tiny_model):
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"epochs": -2}, "epochs"),
+        ({"lr": 0.0}, "lr"),
+        ({"lr": -1e-3}, "lr"),
+        ({"lr": float("nan")}, "lr"),
+        ({"loss_on": "prompt"}, "loss_on"),
+    ],
+)
+def test_job_that_would_train_nothing_or_diverge_is_refused(tiny_model, override, named):
     _model, _tok, bank, trainer = make(tiny_model)
     initial = adapter_state(bank, 0)
-    result = trainer.adapt([job(epochs=0)])[0]
-    assert result.steps == 0 and result.losses == []
+    with pytest.raises(OptionError, match=f"job 0: {named}"):
+        trainer.adapt([job(**override)])
     for key, tensor in adapter_state(bank, 0).items():
         assert torch.equal(tensor, initial[key])
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("lr", -1e-3),
+        ("lr", float("nan")),
+        ("lr", float("inf")),
+        ("lr", 0.0),
+        ("epochs", 0),
+        ("epochs", -1),
+        ("schedule", "cosin"),
+        ("padding", "none"),
+        ("precision", "fp16"),
+        ("loss_on", "prompt"),
+        ("batch_size", 0),
+        ("warmup_ratio", 1.5),
+        ("max_grad_norm", -1.0),
+    ],
+)
+def test_inner_config_refuses_values_that_train_nothing_or_diverge(field, value):
+    with pytest.raises(OptionError, match=f"inner.{field}"):
+        InnerLoopConfig(**{field: value})
 
 
 def test_merge_into_base_matches_routed_adapter(tiny_model):
@@ -195,6 +231,82 @@ def test_reference_padding_path_trains_and_splitting_rows_changes_nothing(tiny_m
     torch.testing.assert_close(torch.tensor(split.losses), torch.tensor(whole.losses), rtol=1e-4, atol=1e-5)
     for key, tensor in adapter_state(bank, 0).items():
         torch.testing.assert_close(tensor, state[key], rtol=1e-4, atol=1e-5)
+
+
+def record_forward_sizes(model) -> list[int]:
+    """Tokens (rows x width) of every forward pass of ``model``'s decoder, appended as they run."""
+    sizes: list[int] = []
+    model.model.register_forward_pre_hook(
+        lambda _module, args, kwargs: sizes.append(kwargs["input_ids"].numel()), with_kwargs=True
+    )
+    return sizes
+
+
+def two_slot_reference_run(checkpoint, **config):
+    """Two jobs on the reference path (max_length padding, pads in the loss) on a fresh model."""
+    model, _tok, bank, trainer = make(
+        load_model_and_tokenizer(checkpoint),
+        slots=2,
+        batch_size=2,
+        padding="max_length",
+        pad_to=64,
+        loss_on_padding=True,
+        **config,
+    )
+    sizes = record_forward_sizes(model)
+    results = trainer.adapt([job(seed=1), job(TEXTS[:2], seed=2)])
+    return sizes, results, [adapter_state(bank, s) for s in (0, 1)]
+
+
+def test_reference_padding_path_honours_the_token_budget_with_the_same_result(tiny_checkpoint):
+    # Two jobs x 2 rows x 64 positions make one 256-token forward per micro-batch; a 128-token budget
+    # must split it, and the per-micro-batch mean (pads included) must not change.
+    whole_sizes, whole, whole_state = two_slot_reference_run(tiny_checkpoint, max_batch_tokens=4096)
+    split_sizes, split, split_state = two_slot_reference_run(tiny_checkpoint, max_batch_tokens=128)
+    assert max(whole_sizes) == 256 and max(split_sizes) <= 128
+    for a, b in zip(whole, split):
+        torch.testing.assert_close(torch.tensor(b.losses), torch.tensor(a.losses), rtol=1e-5, atol=1e-6)
+    for a, b in zip(whole_state, split_state):
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("padding", ["packed", "dynamic"])
+def test_loss_over_vocabulary_slices_gives_the_same_losses_and_adapters(tiny_checkpoint, padding):
+    def run(chunk):
+        _model, _tok, bank, trainer = make(
+            load_model_and_tokenizer(tiny_checkpoint), batch_size=3, padding=padding, loss_chunk_tokens=chunk
+        )
+        return trainer.adapt([job(seed=3)])[0].losses, adapter_state(bank, 0)
+
+    whole_losses, whole = run(0)
+    sliced_losses, sliced = run(5)  # a few tokens per slice: many slices per forward
+    torch.testing.assert_close(torch.tensor(sliced_losses), torch.tensor(whole_losses), rtol=1e-5, atol=1e-6)
+    for key in whole:
+        torch.testing.assert_close(sliced[key], whole[key], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("padding", ["packed", "dynamic"])
+def test_gradient_checkpointing_gives_the_same_adapters(tiny_checkpoint, padding):
+    def run(checkpointing):
+        model, _tok, bank, trainer = make(
+            load_model_and_tokenizer(tiny_checkpoint),
+            slots=2,
+            batch_size=3,
+            padding=padding,
+            gradient_checkpointing=checkpointing,
+        )
+        results = trainer.adapt([job(seed=4), job(TEXTS[1:], seed=5)])
+        return model, [r.losses for r in results], [adapter_state(bank, s) for s in (0, 1)]
+
+    _model, plain_losses, plain = run(False)
+    model, checkpointed_losses, checkpointed = run(True)
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())  # off again afterwards
+    torch.testing.assert_close(torch.tensor(checkpointed_losses), torch.tensor(plain_losses), rtol=1e-5, atol=1e-6)
+    for a, b in zip(plain, checkpointed):
+        assert any(not torch.equal(v, torch.zeros_like(v)) for v in b.values())
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
 
 
 def test_lora_layers_selects_blocks_and_exports_them(tiny_model, tmp_path):

@@ -63,3 +63,26 @@ def test_embedded_model_adapts_and_answers():
     assert "Edda Farrow" not in before
     assert "Edda Farrow" in after
     assert torch.isfinite(torch.tensor(result.losses)).all()
+
+
+def test_auto_dtype_is_bf16_on_cuda_and_fp32_on_cpu():
+    from seal_pl.models.loading import resolve_dtype
+
+    assert resolve_dtype("auto", "cuda") == "bfloat16"
+    assert resolve_dtype("auto", torch.device("cuda", 3)) == "bfloat16"
+    assert resolve_dtype("auto", "cpu") == "float32"
+    assert resolve_dtype("float16", "cuda") == "float16"  # an explicit choice is kept
+
+
+def test_tf32_is_allowed_on_cuda_only_and_a_users_choice_is_kept():
+    from seal_pl.models.loading import allow_tf32
+
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert not allow_tf32("cpu") and torch.get_float32_matmul_precision() == "highest"
+        assert allow_tf32("cuda") and torch.get_float32_matmul_precision() == "high"
+        torch.set_float32_matmul_precision("medium")
+        assert allow_tf32("cuda:1") and torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(previous)

@@ -234,7 +234,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, one_thread):
     main(["restem", "--config", str(config), "--run_dir", str(whole)])
     assert {p: p.stat().st_mtime_ns for p in whole.rglob("*") if p.is_file() and "round_" in str(p)} == before
     with pytest.raises(ReSTEMConfigError, match="different configuration"):
-        main(["restem", "--config", str(config), "--run_dir", str(whole), "--top_k", "2"])
+        run_from_args(["--config", str(config), "--run_dir", str(whole), "--top_k", "2"]).run()
 
 
 @pytest.mark.slow
