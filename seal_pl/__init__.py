@@ -7,18 +7,10 @@ that wires data, devices, logging and stages. ``seal`` (see ``seal_pl.cli``) is 
 
 __version__ = "0.1.0"
 
-import torch as _torch
 import yaml as _yaml
-from jsonargparse import typing as _typing
 
 # Options typed with jsonargparse's restricted numbers (PositiveFloat, PositiveInt, ...) keep those
 # float/int subclasses in parsed configs; run directories store configs with yaml.safe_dump, which
 # knows only the exact built-in types. Dump the subclasses as the plain numbers they are.
 _yaml.SafeDumper.add_multi_representer(float, _yaml.SafeDumper.represent_float)
 _yaml.SafeDumper.add_multi_representer(int, _yaml.SafeDumper.represent_int)
-
-# The same numbers reach the hyperparameters Lightning saves in checkpoints; torch.load with
-# weights_only (the default) must be allowed to rebuild them.
-_torch.serialization.add_safe_globals(
-    [_typing.PositiveFloat, _typing.PositiveInt, _typing.NonNegativeFloat, _typing.NonNegativeInt]
-)

@@ -142,6 +142,7 @@ class SealCLI(LightningCLI):
 
 
 NOISY_WARNINGS = (
+    r".*LightningCLI's args parameter is intended.*",  # main() hands the command line over as args
     r".*overridden `transfer_batch_to_device`.*",  # deliberate: batches are domain objects
     r".*LeafSpec.*is deprecated.*",
     r".*litlogger.*",
@@ -212,7 +213,7 @@ def _dispatch(argv: list[str]) -> None:
         seed_everything_default=0,
         args=argv,
         auto_configure_optimizers=False,
-        parser_kwargs={"epilog": RESTEM_EPILOG},
+        parser_kwargs={"epilog": RESTEM_EPILOG, "exit_on_error": False},  # errors: one paragraph (seal_pl.errors)
     )
 
 

@@ -9,7 +9,9 @@ command line, or ``SEAL_DEBUG=1`` in the environment, shows the traceback of use
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import sys
 import textwrap
 import traceback
@@ -78,11 +80,57 @@ def describe(error: BaseException) -> str:
     return textwrap.fill(" ".join(message.split()), width=100)
 
 
+STRUCTURAL = re.compile(
+    r"^\s*(- )?(Does not validate against any of the Union subtypes|Subtypes:|Errors:|Problem with given class_path|"
+    r"Given value|Expected a <class 'NoneType'>)"
+)
+PARSER_KEY = re.compile(r'^(\s*)(?:- )?Parser key "([^"]+)":\s*(.*)$')
+
+
+def describe_parse_error(message: str) -> str:
+    """The command-line/config parser's nested message as one line: the option and why.
+
+    The parser explains a bad value through every union it tried (``model`` -> its class ->
+    ``inner`` -> ``lr``); what the user needs is the innermost key path and its reason.
+    """
+    lines = message.splitlines()
+    chain: list[tuple[int, str]] = []
+    best: tuple[list[str], str] | None = None
+    for index, line in enumerate(lines):
+        match = PARSER_KEY.match(line)
+        if not match:
+            continue
+        depth = len(match.group(1))
+        chain = [(d, key) for d, key in chain if d < depth] + [(depth, match.group(2))]
+        reason = match.group(3).strip()
+        for following in lines[index + 1 :]:
+            if reason:
+                break
+            if following.strip() and not STRUCTURAL.match(following) and not PARSER_KEY.match(following):
+                reason = following.strip()
+        if reason and (best is None or len(chain) >= len(best[0])):
+            best = ([key for _, key in chain], reason)
+    if best is None:
+        return " ".join(message.split())
+    keys, reason = best
+    return f"option {'.'.join(keys)}: {reason.removeprefix('- ')}"
+
+
 def run_reporting_user_errors(entry, argv: list[str], env=None) -> object:
     """Run ``entry(argv)``; a user error becomes ``seal: error: <paragraph>`` on stderr and exit 2."""
     debug, argv = debug_requested(argv, env)
     try:
         return entry(argv)
+    except argparse.ArgumentError as error:  # a bad option or config value (the parser's exit_on_error is off)
+        if debug:
+            traceback.print_exception(error)
+        command = next((arg for arg in argv if not arg.startswith("-")), "")
+        print(
+            f"seal: error: {describe_parse_error(str(error))} (seal {command} --help lists every option and what "
+            "it accepts)",
+            file=sys.stderr,
+        )
+        raise SystemExit(USER_ERROR_EXIT) from None
     except Exception as error:
         cause = user_error_cause(error)
         if cause is None:

@@ -43,6 +43,7 @@ from seal_pl.generation.hf import HFGenerator
 from seal_pl.inner.lora import AdapterBank, LoRASpec
 from seal_pl.inner.sequences import TrainSequence, collate, tokenize_sequence
 from seal_pl.inner.trainer import CHOICES, Schedule, _lr_lambda, check_positive
+from seal_pl.inputs import require_selection
 from seal_pl.knowledge.data import Passage, load_passages, select_passages, self_edits_for
 from seal_pl.knowledge.grading import ContainsGrader, Grader
 from seal_pl.lightning.base import InnerLoopModule
@@ -124,7 +125,15 @@ class CPTDataModule(pl.LightningDataModule):
         self.external: dict[str, list[str]] = {}
 
     def setup(self, stage: str) -> None:
-        self.passages = select_passages(load_passages(self.path), seed=self.seed, start=self.start, limit=self.limit)
+        passages = load_passages(self.path)
+        self.passages = require_selection(
+            select_passages(passages, seed=self.seed, start=self.start, limit=self.limit),
+            source=str(self.path),
+            total=len(passages),
+            what="passages",
+            start=self.start,
+            limit=self.limit,
+        )
         self.eval_passages = select_eval_questions(self.passages, self.eval_question_limit, self.eval_question_seed)
         if self.self_edits_path and self.k_completions > 0:
             ids = [p.id for p in self.passages]

@@ -85,6 +85,10 @@ def allow_tf32(device: torch.device | str) -> bool:
     return torch.get_float32_matmul_precision() != "highest"
 
 
+DOWNLOAD_ENV = "SEAL_ALLOW_DOWNLOAD"
+"""Set to 1 to let a hub model name be downloaded; by default only local files are read."""
+
+
 def cache_dir() -> Path:
     """Where converted models live: ``$SEAL_PL_CACHE`` or ``~/.cache/seal-pl``."""
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "seal-pl")).expanduser()
@@ -176,14 +180,17 @@ def load_model_and_tokenizer(
     if dtype not in DTYPES:
         raise OptionError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     path = resolve_model_path(name)
+    # Nothing is downloaded unless asked for: a hub name loads from the local Hugging Face cache.
+    offline = os.environ.get(DOWNLOAD_ENV, "") in ("", "0")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], local_files_only=offline)
     except OSError as error:
         raise ModelNotAvailableError(
-            f"Could not load model '{name}' ({error}). Give a local folder, a .gguf file, one of the "
-            f"embedded names {sorted(EMBEDDED_MODELS)}, or '{TINY_MODEL_NAME}'. Hub names load only when "
-            "the model is already in the local Hugging Face cache or you are online."
+            f"Could not load model '{name}' ({' '.join(str(error).split())[:300]}). Give a local folder, a "
+            f".gguf file, one of the embedded names {sorted(EMBEDDED_MODELS)}, or '{TINY_MODEL_NAME}'. A hub "
+            f"name loads from the local Hugging Face cache: download it first (huggingface-cli download "
+            f"{name}), or set {DOWNLOAD_ENV}=1 to let seal-pl download it."
         ) from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

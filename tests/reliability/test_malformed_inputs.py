@@ -268,6 +268,23 @@ CASES = [
     Case("empty passage list", lambda t: knowledge(t, []), ("passages.json", "selects no passages")),
     Case("limit 0", lambda t: knowledge(t, None, "--data.init_args.limit", "0"), ("passages.json", "limit=0")),
     Case(
+        "CPT limit 0",
+        lambda t: [
+            "fit",
+            "--config",
+            str(REPO / "configs/knowledge/cpt_demo.yaml"),
+            "--model.init_args.model",
+            "tiny-random-llama",
+            "--data.init_args.path",
+            str(write(t / "cpt.json", [passage("p1"), passage("p2")])),
+            "--data.init_args.limit",
+            "0",
+            "--run_dir",
+            str(t / "run"),
+        ],
+        ("cpt.json", "limit=0"),
+    ),
+    Case(
         "start past the end", lambda t: knowledge(t, None, "--data.init_args.start", "7"), ("passages.json", "start 7")
     ),
     Case("start negative", lambda t: knowledge(t, None, "--data.init_args.start", "-1"), ("start",)),
@@ -384,3 +401,49 @@ def test_malformed_input_gets_a_clear_error(case, tmp_path):
     for text in case.named:
         assert text.format(tmp=tmp_path) in flat(stderr), stderr
     assert not (tmp_path / "run" / "results.json").exists() or case.name == "run dir holds another configuration"
+
+
+NESTED = """Parser key "model":
+  Does not validate against any of the Union subtypes
+  Errors:
+    - Problem with given class_path 'seal_pl.lightning.KnowledgeIncorporationModule':
+        Parser key "inner":
+          Does not validate against any of the Union subtypes
+          Errors:
+            - Problem with given class_path 'seal_pl.inner.InnerLoopConfig':
+                Parser key "lr":
+                  Not of type PositiveFloat: -1 does not conform to restriction v>0
+            - Expected a <class 'NoneType'>
+  Given value: NestedArg(key='inner.lr', val='-1')"""
+
+
+def test_a_nested_parser_message_becomes_the_option_and_its_reason():
+    from seal_pl.errors import describe_parse_error
+
+    assert (
+        describe_parse_error(NESTED)
+        == "option model.inner.lr: Not of type PositiveFloat: -1 does not conform to restriction v>0"
+    )
+    assert describe_parse_error("Unrecognized arguments: --x 1") == "Unrecognized arguments: --x 1"
+
+
+def test_os_errors_are_paragraphs_program_errors_keep_their_traceback(capsys):
+    from seal_pl.errors import run_reporting_user_errors
+
+    def read_only(_argv):
+        raise PermissionError(13, "Permission denied", "/runs/x/config.yaml")
+
+    with pytest.raises(SystemExit) as stopped:
+        run_reporting_user_errors(read_only, [], env={})
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "/runs/x/config.yaml" in err and "--run_dir" in err and "Traceback" not in err
+
+    with pytest.raises(SystemExit):
+        run_reporting_user_errors(read_only, ["--debug"], env={})
+    assert "Traceback" in capsys.readouterr().err  # --debug shows it
+
+    def bug(_argv):
+        raise KeyError("not the user's fault")
+
+    with pytest.raises(KeyError):  # a program error is not dressed up as a user error
+        run_reporting_user_errors(bug, [], env={})
