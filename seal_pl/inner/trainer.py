@@ -62,6 +62,19 @@ def check_positive(value: float, option: str, *, allow_zero: bool = False) -> No
         raise OptionError(f"{option} must be {bound}, got {value!r}")
 
 
+def check_choice(value: str, option: str, allowed: tuple[str, ...]) -> None:
+    """Refuse a value outside ``allowed``, naming ``option`` and what it accepts."""
+    if value not in allowed:
+        raise OptionError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def check_fraction(value: float, option: str) -> None:
+    """Refuse a value outside [0, 1) (a fraction of the optimizer steps), naming ``option``."""
+    check_positive(value, option, allow_zero=True)
+    if value >= 1:
+        raise OptionError(f"{option} must be in [0, 1) (a fraction of the steps), got {value!r}")
+
+
 def check_count(value: int, option: str, *, minimum: int) -> None:
     """Refuse a non-integer count, or one below ``minimum``, naming ``option``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -134,17 +147,15 @@ class InnerLoopConfig:
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise OptionError(f"inner.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+            check_choice(getattr(self, name), f"inner.{name}", allowed)
         check_positive(self.lr, "inner.lr")
         for name in ("epochs", "batch_size", "grad_accum", "pad_to", "pack_length", "max_length", "max_batch_tokens"):
             check_count(getattr(self, name), f"inner.{name}", minimum=1)
         check_count(self.warmup_steps, "inner.warmup_steps", minimum=0)
         check_count(self.loss_chunk_tokens, "inner.loss_chunk_tokens", minimum=0)
-        for name in ("warmup_ratio", "weight_decay", "max_grad_norm"):
+        for name in ("weight_decay", "max_grad_norm"):
             check_positive(getattr(self, name), f"inner.{name}", allow_zero=True)
-        if self.warmup_ratio >= 1:
-            raise OptionError(f"inner.warmup_ratio must be below 1 (a fraction of the steps), got {self.warmup_ratio}")
+        check_fraction(self.warmup_ratio, "inner.warmup_ratio")
         if self.padding == "packed" and self.loss_on_padding:
             raise OptionError(
                 "inner.loss_on_padding needs padded batches: set inner.padding to max_length (or dynamic)"
@@ -172,8 +183,8 @@ def check_job(job: AdaptJob, index: int = 0) -> None:
         check_positive(job.lr, f"job {index}: lr")
     if job.epochs is not None:
         check_count(job.epochs, f"job {index}: epochs", minimum=1)
-    if job.loss_on is not None and job.loss_on not in CHOICES["loss_on"]:
-        raise OptionError(f"job {index}: loss_on must be one of {', '.join(CHOICES['loss_on'])}, got {job.loss_on!r}")
+    if job.loss_on is not None:
+        check_choice(job.loss_on, f"job {index}: loss_on", CHOICES["loss_on"])
 
 
 @dataclass
@@ -207,8 +218,7 @@ def _head_cross_entropy(head: torch.nn.Module, hidden: torch.Tensor, targets: to
 
 
 def _lr_lambda(schedule: str, total_steps: int, warmup: int):
-    if schedule not in CHOICES["schedule"]:
-        raise OptionError(f"schedule must be one of {', '.join(CHOICES['schedule'])}, got {schedule!r}")
+    check_choice(schedule, "schedule", CHOICES["schedule"])
 
     def factor(step: int) -> float:
         if warmup > 0 and step < warmup:

@@ -37,12 +37,11 @@ from jsonargparse.typing import NonNegativeFloat, PositiveFloat
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from seal_pl.errors import OptionError
 from seal_pl.generation.base import GeneratorBackend
 from seal_pl.generation.hf import HFGenerator
 from seal_pl.inner.lora import AdapterBank, LoRASpec
 from seal_pl.inner.sequences import TrainSequence, collate, tokenize_sequence
-from seal_pl.inner.trainer import CHOICES, Schedule, _lr_lambda, check_positive
+from seal_pl.inner.trainer import CHOICES, Schedule, _lr_lambda, check_choice, check_fraction, check_positive
 from seal_pl.inputs import require_selection
 from seal_pl.knowledge.data import Passage, load_passages, select_passages, self_edits_for
 from seal_pl.knowledge.grading import ContainsGrader, Grader
@@ -202,11 +201,9 @@ class ContinuedPretrainingModule(pl.LightningModule):
         super().__init__()
         if protocol not in ("lora", "full"):
             raise ValueError(f"protocol must be 'lora' or 'full', got {protocol!r}")
-        if schedule not in CHOICES["schedule"]:
-            raise OptionError(f"schedule must be one of {', '.join(CHOICES['schedule'])}, got {schedule!r}")
+        check_choice(schedule, "schedule", CHOICES["schedule"])
         check_positive(lr, "lr")
-        if not 0 <= warmup_ratio < 1:
-            raise OptionError(f"warmup_ratio must be in [0, 1), got {warmup_ratio!r}")
+        check_fraction(warmup_ratio, "warmup_ratio")
         self.model_name = model
         self.dtype_name = dtype
         self.protocol = protocol

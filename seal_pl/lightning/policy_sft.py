@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from seal_pl.errors import OptionError
 from seal_pl.generation.base import render_prompt
 from seal_pl.inner.sequences import TokenizedSequence, TrainSequence, collate, tokenize_sequence
-from seal_pl.inner.trainer import CHOICES, Schedule, _lr_lambda, check_positive
+from seal_pl.inner.trainer import CHOICES, Schedule, _lr_lambda, check_choice, check_fraction, check_positive
 from seal_pl.models.loading import DTYPES, Dtype, load_model_and_tokenizer
 from seal_pl.records import read_records, write_json
 from seal_pl.restem.layout import POLICY_MARKER
@@ -161,10 +161,8 @@ class PolicySFTModule(pl.LightningModule):
             raise OptionError(f"save_dtype must be one of {', '.join(DTYPES)} or null, got {save_dtype!r}")
         check_positive(lr, "lr")
         check_positive(weight_decay, "weight_decay", allow_zero=True)
-        if not 0 <= warmup_ratio < 1:
-            raise OptionError(f"warmup_ratio must be in [0, 1), got {warmup_ratio!r}")
-        if schedule not in CHOICES["schedule"]:
-            raise OptionError(f"schedule must be one of {', '.join(CHOICES['schedule'])}, got {schedule!r}")
+        check_fraction(warmup_ratio, "warmup_ratio")
+        check_choice(schedule, "schedule", CHOICES["schedule"])
         self.save_dtype = save_dtype
         self.losses: list[tuple[int, float]] = []
         policy, self.tokenizer = load_model_and_tokenizer(model, dtype)
