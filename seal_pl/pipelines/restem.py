@@ -8,7 +8,9 @@ The E-step writes one record per self-edit (``passage_id``/``task_id``, ``edit_i
   ``min_gain`` drops passages whose best self-edit gained less than that over the baseline
   ``gain_over`` names (``no_adaptation``, the reference's un-adapted accuracy, or ``passage_only``:
   what training on the passage alone already teaches); ``top_k`` keeps more than one per passage
-  (the reference script's ``--k_best``);
+  (the reference script's ``--k_best``); ``max_copied_line_share`` refuses self-edits that mostly
+  copy the passage (see :mod:`seal_pl.knowledge.self_edit_stats`) before ranking: a copy can teach
+  no more than ``passage_only`` does, so when it wins the ranking it won on reward noise;
 * ARC: every self-edit whose task was solved (reward 1). Unscored pairs (reward ``None``: no
   solutions available) are never kept.
 
@@ -42,17 +44,23 @@ def best_of_k(
     min_gain: float | None = None,
     top_k: int = 1,
     gain_over: GainBaseline = "no_adaptation",
+    max_copied_line_share: float | None = None,
 ) -> list[dict]:
     """The ``top_k`` best self-edits per context; optionally only those that gained at least
-    ``min_gain`` over the ``gain_over`` baseline (a self-edit without that gain is not kept)."""
+    ``min_gain`` over the ``gain_over`` baseline (a self-edit without that gain is not kept), and
+    only among those whose ``stats.copied_line_share`` is at most ``max_copied_line_share``."""
     if top_k < 1:
         raise ValueError("top_k must be >= 1")
+    if max_copied_line_share is not None and not 0.0 <= max_copied_line_share <= 1.0:
+        raise ValueError(f"max_copied_line_share must be in [0, 1], got {max_copied_line_share}")
     if gain_over not in GAIN_FIELDS:
         raise ValueError(f"gain_over must be one of {sorted(GAIN_FIELDS)}, got {gain_over!r}")
     gain_field = GAIN_FIELDS[gain_over]
     groups: dict[str, list[dict]] = {}
     for record in records:
         if record.get("reward") is None:
+            continue
+        if max_copied_line_share is not None and _copied_line_share(record) > max_copied_line_share:
             continue
         groups.setdefault(str(record[group_key]), []).append(record)
     kept = []
@@ -63,6 +71,16 @@ def best_of_k(
                 continue
             kept.append(_sft_row(best))
     return kept
+
+
+def _copied_line_share(record: dict) -> float:
+    stats = record.get("stats")
+    if not stats or stats.get("copied_line_share") is None:
+        raise ValueError(
+            f"self-edit {record.get('id')!r} has no stats.copied_line_share: max_copied_line_share needs the "
+            "knowledge E-step's self-edit statistics"
+        )
+    return float(stats["copied_line_share"])
 
 
 def keep_successes(records: Iterable[dict], *, threshold: float = 1.0) -> list[dict]:
@@ -190,10 +208,18 @@ def select(
     top_k: int = 1,
     min_gain: float | None = None,
     gain_over: GainBaseline = "no_adaptation",
+    max_copied_line_share: float | None = None,
 ) -> list[dict]:
     """The SFT rows of one round: best-of-K per passage (knowledge) or every success (ARC)."""
     if domain == "knowledge":
-        return best_of_k(records, group_key="context_id", min_gain=min_gain, top_k=top_k, gain_over=gain_over)
+        return best_of_k(
+            records,
+            group_key="context_id",
+            min_gain=min_gain,
+            top_k=top_k,
+            gain_over=gain_over,
+            max_copied_line_share=max_copied_line_share,
+        )
     if domain == "arc":
         return keep_successes([r for r in records if r.get("prompt") is not None])
     raise ValueError(f"unknown domain {domain!r}; valid: {list(DOMAINS)}")

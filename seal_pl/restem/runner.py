@@ -177,6 +177,9 @@ class ReSTEMRun:
         gain_over: knowledge: the baseline of ``min_gain``: ``no_adaptation`` (the un-adapted
             accuracy, reference) or ``passage_only`` (training on the passage alone; the E-step
             must then run the ``passage_only`` condition).
+        max_copied_line_share: knowledge: leave out self-edits more than this share of whose
+            lines are copied from the passage before picking the best (reference: null, none left
+            out). A copy teaches what ``passage_only`` does; it wins only on reward noise.
         evaluate_base: also evaluate the base model (``base/``) before round 0.
         estep_start_stride: round ``k`` reads its E-step contexts from ``data.init_args.start +
             k * estep_start_stride`` (fresh passages every round); 0 uses the same every round.
@@ -198,6 +201,7 @@ class ReSTEMRun:
         top_k: int = 1,
         min_gain: float | None = None,
         gain_over: GainBaseline = "no_adaptation",
+        max_copied_line_share: float | None = None,
         evaluate_base: bool = True,
         estep_start_stride: int = 0,
         launcher: Literal["auto", "inprocess", "subprocess"] = "auto",
@@ -219,6 +223,7 @@ class ReSTEMRun:
         self.top_k = top_k
         self.min_gain = min_gain
         self.gain_over = gain_over
+        self.max_copied_line_share = max_copied_line_share
         self.evaluate_base = evaluate_base
         self.estep_start_stride = estep_start_stride
         self.launcher = launcher
@@ -239,6 +244,7 @@ class ReSTEMRun:
             "top_k": self.top_k,
             "min_gain": self.min_gain,
             "gain_over": self.gain_over,
+            "max_copied_line_share": self.max_copied_line_share,
             "evaluate_base": self.evaluate_base,
             "estep_start_stride": self.estep_start_stride,
             "launcher": self.launcher,
@@ -265,6 +271,11 @@ class ReSTEMRun:
             raise ReSTEMConfigError(f"gain_over must be one of {sorted(GAIN_FIELDS)}, got {self.gain_over!r}")
         if self.min_gain is not None and self.domain != "knowledge":
             raise ReSTEMConfigError("min_gain applies to the knowledge domain only")
+        if self.max_copied_line_share is not None:
+            if self.domain != "knowledge":
+                raise ReSTEMConfigError("max_copied_line_share applies to the knowledge domain only")
+            if not 0.0 <= self.max_copied_line_share <= 1.0:
+                raise ReSTEMConfigError(f"max_copied_line_share must be in [0, 1], got {self.max_copied_line_share}")
         if not issubclass(_resolve_class(self.sft.model["class_path"]), PolicySFTModule):
             raise ReSTEMConfigError("sft.model must be a PolicySFTModule")
         for name, stage in (("estep", self.estep), ("sft", self.sft), ("eval", self.eval)):
@@ -459,13 +470,21 @@ class ReSTEMRun:
 
     def _filter(self, layout: RoundLayout, records: list[dict]) -> tuple[list[dict], dict[str, Any]]:
         if not layout.filter_stats.is_file():
-            kept = select(self.domain, records, top_k=self.top_k, min_gain=self.min_gain, gain_over=self.gain_over)
+            kept = select(
+                self.domain,
+                records,
+                top_k=self.top_k,
+                min_gain=self.min_gain,
+                gain_over=self.gain_over,
+                max_copied_line_share=self.max_copied_line_share,
+            )
             stats = reward_statistics(records, kept)
             stats["contexts"] = len({r["context_id"] for r in records})
             stats["contexts_kept"] = len({r["context_id"] for r in kept})
             stats["rule"] = (
                 f"best {self.top_k} of K per passage"
                 + ("" if self.min_gain is None else f", gain over {self.gain_over} >= {self.min_gain}")
+                + ("" if self.max_copied_line_share is None else f", copied-line share <= {self.max_copied_line_share}")
                 if self.domain == "knowledge"
                 else "every solved (task, self-edit) pair"
             )

@@ -74,6 +74,21 @@ def test_min_gain_over_passage_only_keeps_self_edits_that_beat_the_passage():
         best_of_k(records, gain_over="nothing")
 
 
+def test_max_copied_line_share_leaves_copies_out_before_ranking():
+    copy, restatement, other = _scored("a", 0, 0.75, 0.5), _scored("a", 1, 0.5, 0.25), _scored("b", 0, 0.5, 0.25)
+    copy["stats"]["copied_line_share"] = 0.75
+    restatement["stats"]["copied_line_share"] = 0.5
+    records = [copy, restatement, other]
+    assert [r["completion"] for r in best_of_k(records, group_key="context_id")] == ["a-0", "b-0"]
+    kept = best_of_k(records, group_key="context_id", max_copied_line_share=0.5)
+    assert [r["completion"] for r in kept] == ["a-1", "b-0"]  # the copy is out, the next best is kept
+    assert [r["completion"] for r in best_of_k(records, group_key="context_id", max_copied_line_share=0.25)] == ["b-0"]
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        best_of_k(records, max_copied_line_share=1.5)
+    with pytest.raises(ValueError, match="copied_line_share"):
+        best_of_k([rec("a", 0, 0.5)], max_copied_line_share=0.5)  # no stats: refused, not guessed
+
+
 def test_round_evidence_counts_passages_whose_best_beats_passage_only():
     from seal_pl.pipelines.restem import knowledge_round_evidence
 

@@ -86,7 +86,13 @@ def test_knowledge_round_layout_results_and_plot(tmp_path, capsys, one_thread):
     estep = copy.deepcopy(TINY_KNOWLEDGE["estep"])
     estep["model"]["init_args"]["conditions"] = ["no_adaptation", "passage_only", "self_edit"]
     config = knowledge_config(
-        tmp_path, rounds=1, evaluate_base=True, eval=with_eval(limit=2), estep=estep, gain_over="passage_only"
+        tmp_path,
+        rounds=1,
+        evaluate_base=True,
+        eval=with_eval(limit=2),
+        estep=estep,
+        gain_over="passage_only",
+        max_copied_line_share=1.0,
     )
     run_dir = tmp_path / "run"
     main(["restem", "--config", str(config), "--run_dir", str(run_dir)])
@@ -129,6 +135,7 @@ def test_knowledge_round_layout_results_and_plot(tmp_path, capsys, one_thread):
     summary = json.loads((round_0 / "summary.json").read_text())
     assert summary["policy_in"] == "tiny-random-llama" and summary["policy_out"] == str(round_0 / "policy")
     assert summary["estep"]["kept"] == 3 and summary["estep"]["n"] == 6 and len(summary["estep"]["histogram"]) == 10
+    assert summary["estep"]["rule"] == "best 1 of K per passage, copied-line share <= 1.0"
     assert summary["sft"]["trained"] and summary["sft"]["n_examples"] == 3
     assert set(summary["eval"]["metrics"]) == {"no_adaptation", "passage_only", "self_edit"}
     # Evidence per round: what the filter saw, what the self-edits look like, where the time went.
@@ -329,6 +336,8 @@ def test_config_errors(tmp_path):
     with pytest.raises(ReSTEMConfigError, match="min_gain"):
         arc = {"model": ARC_MODULE, "data": {"class_path": "seal_pl.lightning.arc.ARCDataModule"}}
         run_from_args(["--config", str(knowledge_config(tmp_path, estep=arc)), "--min_gain", "0.1"])
+    with pytest.raises(ReSTEMConfigError, match="max_copied_line_share"):
+        run_from_args(["--config", str(knowledge_config(tmp_path)), "--max_copied_line_share", "2"])
     with pytest.raises(ReSTEMConfigError, match="passage_only condition"):
         run_from_args(["--config", str(knowledge_config(tmp_path)), "--gain_over", "passage_only"])
     with pytest.raises(ReSTEMConfigError, match="one node"):
