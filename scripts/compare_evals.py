@@ -15,18 +15,18 @@ import argparse
 import json
 from pathlib import Path
 
-from seal_pl.pipelines.restem import paired_difference, question_scores
-from seal_pl.records import read_records
+from seal_pl.knowledge.records import PredictionRecord
+from seal_pl.pipelines.knowledge_restem import question_scores, read_predictions
+from seal_pl.pipelines.restem import paired_difference
 
 
 def pooled_scores(run_dirs: list[Path], condition: str) -> dict[tuple[str, str], float]:
     """Per question: the mean of ``condition``'s verdicts over every run directory."""
     predictions = []
     for run_dir in run_dirs:
-        path = run_dir / "predictions.jsonl"
-        if not path.is_file():
+        if not PredictionRecord.merged(run_dir).is_file():
             raise SystemExit(f"{run_dir}: no predictions.jsonl (is it a finished knowledge `seal test` run?)")
-        predictions += list(read_records(path))
+        predictions += read_predictions(run_dir)
     return question_scores(predictions, condition)
 
 

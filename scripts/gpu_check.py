@@ -395,7 +395,7 @@ def restem_config(accelerator: str, data_path: Path) -> dict[str, Any]:
         "sft": {
             "model": {
                 "class_path": "seal_pl.lightning.PolicySFTModule",
-                "init_args": {"lora_r": 4, "lora_alpha": 8, "lr": 1e-2},
+                "init_args": {"lora": {"r": 4, "alpha": 8}, "lr": 1e-2},
             },
             "data": {
                 "class_path": "seal_pl.lightning.SFTDataModule",

@@ -236,3 +236,60 @@ def rewrite_records(path: str | Path, records: Iterable[dict[str, Any]]) -> None
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------ outer-loop records
+POLICY_MARKER = "seal_policy.json"
+"""Written last into a policy folder saved by :class:`~seal_pl.lightning.PolicySFTModule` (what it was
+trained from, examples, steps, losses): the M-step that saved it is finished."""
+
+
+@dataclasses.dataclass(kw_only=True)
+class ScoredSelfEdit(Record):
+    """One self-edit of an E-step with its reward, as the outer loop sees it (every domain).
+
+    A domain's own kind derives from it and adds what its filter and evidence read (the
+    knowledge gains and self-edit statistics, the ARC validity and training trace).
+    ``reward`` is ``None`` for a self-edit that could not be scored (an ARC task without solutions).
+    """
+
+    KIND = "scored_self_edit"
+    STEM = ""  # abstract: a domain's kind names its own file
+
+    id: str
+    context_id: str
+    edit_index: int
+    seed: int | None
+    prompt: Any
+    completion: str
+    reward: float | None
+
+
+@dataclasses.dataclass(kw_only=True)
+class SFTExample(Record):
+    """One (prompt, completion) pair kept by the filter: a row of the M-step's SFT set.
+
+    ``prompt`` is what the E-step sampled with (chat messages or text); ``id``/``context_id``,
+    ``edit_index`` and ``reward`` say where it came from.
+    """
+
+    KIND = "sft_example"
+    STEM = "sft"
+
+    prompt: Any
+    completion: str
+    id: str | None = None
+    context_id: str | None = None
+    edit_index: int | None = None
+    reward: float | None = None
+
+    @classmethod
+    def of(cls, scored: ScoredSelfEdit) -> SFTExample:
+        return cls(
+            prompt=scored.prompt,
+            completion=scored.completion,
+            id=scored.id,
+            context_id=scored.context_id,
+            edit_index=scored.edit_index,
+            reward=scored.reward,
+        )

@@ -579,3 +579,12 @@ def command_scope(argv: list[str], program: str | None = None) -> Iterator[None]
         _COMMAND = None
         _restore(previous)
         _STOPS.requested, _STOPS.in_item, _STOPS.raised = None, False, False
+
+
+def is_multiprocess(trainer: dict[str, Any]) -> bool:
+    """Whether a trainer config asks for more than one process (then a stage runs as its own command)."""
+    devices = trainer.get("devices", 1)
+    single = devices in (1, "1", None) or (isinstance(devices, list | tuple) and len(devices) == 1)
+    strategy = str(trainer.get("strategy") or "auto").lower()  # a name, or a class_path section (DDPStrategy)
+    spread = any(word in strategy for word in ("ddp", "fsdp", "deepspeed"))
+    return not single or int(trainer.get("num_nodes") or 1) > 1 or spread

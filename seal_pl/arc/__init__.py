@@ -6,7 +6,9 @@
 * :mod:`~seal_pl.arc.text` - grid text formats, chat messages, decoding of model replies;
 * :mod:`~seal_pl.arc.inference` - augmented inference views and mapping answers back;
 * :mod:`~seal_pl.arc.voting` - two attempts per subtask from many predictions, pass@2;
-* :mod:`~seal_pl.arc.self_edit` - the JSON self-edit: config, parser, compute cap, prompt.
+* :mod:`~seal_pl.arc.self_edit` - the JSON self-edit: config, parser, compute cap, prompt;
+* :mod:`~seal_pl.arc.records` - the typed records a run writes (self-edits, edits, predictions, tasks);
+* :mod:`~seal_pl.arc.results` - ``results.json``, the Kaggle submissions and the text table.
 
 Nothing here imports torch, Lightning or transformers, so all of it runs and is tested on CPU.
 """

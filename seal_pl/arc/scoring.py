@@ -26,12 +26,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from seal_pl.arc.grids import Grid
 from seal_pl.arc.inference import IDENTITY, InferenceView, to_view, view_transform
+from seal_pl.arc.records import CandidateScore, LikelihoodVote
 from seal_pl.arc.text import TextRepresenter
 
 LIKELIHOOD_VIEWS = ("all", "geometric")
@@ -55,13 +55,13 @@ class Candidate:
         """Total log-likelihood over the scoring views (``None`` before scoring)."""
         return math.fsum(self.view_logprobs) if self.view_logprobs else None
 
-    def to_record(self) -> dict[str, Any]:
-        return {
-            "grid": [[int(cell) for cell in row] for row in np.asarray(self.grid).tolist()],
-            "votes": self.votes,
-            "logprob": self.logprob,
-            "view_logprobs": list(self.view_logprobs),
-        }
+    def to_record(self) -> CandidateScore:
+        return CandidateScore(
+            grid=[[int(cell) for cell in row] for row in np.asarray(self.grid).tolist()],
+            votes=self.votes,
+            logprob=self.logprob,
+            view_logprobs=list(self.view_logprobs),
+        )
 
 
 def _key(grid: Grid) -> tuple[tuple[int, ...], bytes]:
@@ -168,13 +168,15 @@ class ScoringPlan:
             return empty, empty.copy()
         return ranked[0].grid, ranked[1].grid if len(ranked) > 1 else ranked[0].grid
 
-    def to_record(self, views: Sequence[InferenceView]) -> dict[str, Any]:
-        return {
-            "views": list(self.view_indices),
-            "view_inverses": [views[index].inverse_name for index in self.view_indices],
-            "n_distinct": self.n_distinct,
-            "candidates": [candidate.to_record() for candidate in self.ranked()],
-        }
+    def to_record(self, views: Sequence[InferenceView]) -> LikelihoodVote:
+        """The plan as recorded (candidates best first); the caller adds the scoring call's cost."""
+        return LikelihoodVote(
+            views=list(self.view_indices),
+            view_inverses=[views[index].inverse_name for index in self.view_indices],
+            n_distinct=self.n_distinct,
+            candidates=[candidate.to_record() for candidate in self.ranked()],
+            n_rows=len(self.rows),
+        )
 
 
 def rank_by_likelihood(candidates: Sequence[Candidate]) -> list[Candidate]:

@@ -217,7 +217,10 @@ def _head_cross_entropy(head: torch.nn.Module, hidden: torch.Tensor, targets: to
     return F.cross_entropy(head(hidden).float(), targets, reduction="none")
 
 
-def _lr_lambda(schedule: str, total_steps: int, warmup: int):
+def lr_lambda(schedule: str, total_steps: int, warmup: int):
+    """The ``step -> learning-rate factor`` function of ``torch.optim.lr_scheduler.LambdaLR``: linear
+    warm-up over ``warmup`` steps, then ``constant``, or ``linear`` / ``cosine`` decay to 0 at
+    ``total_steps``. An unknown ``schedule`` is refused naming the option."""
     check_choice(schedule, "schedule", CHOICES["schedule"])
 
     def factor(step: int) -> float:
@@ -231,6 +234,9 @@ def _lr_lambda(schedule: str, total_steps: int, warmup: int):
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
     return factor
+
+
+_lr_lambda = lr_lambda  # the former private name (still imported by seal_pl.lightning.cpt)
 
 
 class InnerLoopTrainer:
@@ -305,7 +311,7 @@ class InnerLoopTrainer:
             lr = c.lr if job.lr is None else job.lr
             groups.append({"params": self.bank.parameters(slot), "lr": lr, "weight_decay": c.weight_decay})
             warmup = max(c.warmup_steps, int(c.warmup_ratio * len(plan)))
-            lambdas.append(_lr_lambda(c.schedule, len(plan), warmup))
+            lambdas.append(lr_lambda(c.schedule, len(plan), warmup))
         self.bank.train_mode(True)
         # The fused kernel (CPU and CUDA) does one pass over all slots' tensors: same update, ~2x less time.
         optimizer = torch.optim.AdamW(groups, fused=device.type in ("cpu", "cuda"))

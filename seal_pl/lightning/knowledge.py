@@ -1,58 +1,51 @@
-"""Knowledge incorporation under Lightning: the passage data module and the evaluation module.
+"""Knowledge incorporation under Lightning: the passage data modules and the evaluation module.
 
 ``seal test --config configs/knowledge/demo.yaml`` runs :class:`KnowledgeIncorporationModule` over
-the passages of :class:`KnowledgeDataModule`. Each ``test_step`` takes one passage: it samples the
-model's self-edits, trains adapters for every condition in one batched inner loop, answers the
-questions closed-book and grades them. Records go to per-rank JSONL shards in the run directory as
-each passage finishes; re-running the same command skips finished passages. At the end rank 0
-merges the shards, prints the table and writes ``results.json``, whose ``truncated`` field counts
-the passages whose training sequences or self-edit prompt had to be cut to fit (each one is also
-logged as a warning when it happens).
+the passages of :class:`KnowledgeDataModule`. The module is a recipe: each ``test_step`` takes one
+passage, gets its self-edits (sampled now or with its sampling group), hands the passage to the
+pipeline (:class:`~seal_pl.pipelines.knowledge.KnowledgeIncorporation`: adapters for every
+condition in one batched inner loop, closed-book answers, grades, self-edit statistics), logs the
+accuracies (torchmetrics, reduced over ranks) and appends the typed records of
+:mod:`seal_pl.knowledge.records` to per-rank shards; re-running the same command skips finished
+passages. At the end rank 0 merges the shards, prints the table and writes ``results.json``
+(:func:`~seal_pl.pipelines.knowledge.knowledge_results`), whose ``truncated`` field counts the
+passages whose training sequences or self-edit prompt had to be cut to fit (each one is also
+logged as a warning when it happens). Under ``seal restem`` it is the knowledge E-step and
+evaluation; its ``restem_domain`` names the outer loop's knowledge steps.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, fields
-from typing import Any
 
 import torch
+from torchmetrics import MeanMetric
 
 from seal_pl.generation.base import GeneratorBackend
-from seal_pl.inner.flops import adapter_training_flops
 from seal_pl.inner.lora import LoRASpec
 from seal_pl.inner.trainer import InnerLoopConfig
-from seal_pl.inputs import require_selection
-from seal_pl.knowledge.data import Passage, load_passages, select_passages, self_edits_for
+from seal_pl.knowledge.data import Passage, PassageItem, selected_passages, self_edits_for
 from seal_pl.knowledge.grading import ContainsGrader, Grader
-from seal_pl.knowledge.self_edit_stats import self_edit_stats, summarize_self_edit_stats
+from seal_pl.knowledge.prompts import PromptStyle
+from seal_pl.knowledge.records import PassageRecord, PredictionRecord, SampledSelfEdits
 from seal_pl.lightning.base import InnerLoopModule, ItemDataModule
 from seal_pl.lightning.policy_sft import SFTDataModule
 from seal_pl.models.loading import Dtype
 from seal_pl.pipelines.knowledge import (
     CONDITIONS,
+    Condition,
     KnowledgeIncorporation,
     KnowledgeSettings,
     PassageTiming,
     format_table,
+    knowledge_results,
     passage_self_edit_prompt,
-    self_edit_rewards,
-    summarize,
-    truncation_summary,
+    prediction_records,
+    scored_self_edits,
+    unique_predictions,
 )
-from seal_pl.records import append_record, read_all, rewrite_records, write_json
-
-
-def selected_passages(path: str, *, seed: int | None, start: int, limit: int | None) -> list[Passage]:
-    """The passages of ``path`` picked by ``seed``/``start``/``limit``; an empty pick is refused.
-
-    Raises:
-        EmptySelectionError: the file holds no passage, ``limit`` is 0, or ``start`` is past the end.
-        OptionError: ``start`` or ``limit`` is negative.
-    """
-    passages = load_passages(path)
-    chosen = select_passages(passages, seed=seed, start=start, limit=limit)
-    return require_selection(chosen, source=str(path), total=len(passages), what="passages", start=start, limit=limit)
+from seal_pl.pipelines.knowledge_restem import KnowledgeDomain
+from seal_pl.records import rewrite_typed, write_json
 
 
 class KnowledgeDataModule(ItemDataModule):
@@ -94,10 +87,8 @@ class KnowledgeDataModule(ItemDataModule):
         if self.self_edits_path:
             self.external = self_edits_for(self.self_edits_path, [p.id for p in self.passages])
 
-    def items(self) -> list[dict[str, Any]]:
-        return [
-            {"index": i, "passage": p, "external": self.external.get(p.id, [])} for i, p in enumerate(self.passages)
-        ]
+    def items(self) -> list[PassageItem]:
+        return [PassageItem(i, p, tuple(self.external.get(p.id, []))) for i, p in enumerate(self.passages)]
 
 
 class SelfEditDistillDataModule(SFTDataModule):
@@ -127,7 +118,7 @@ class SelfEditDistillDataModule(SFTDataModule):
         self,
         passages: str = "data/knowledge/train.json",
         self_edits_path: str = "data/knowledge/train_implications.jsonl",
-        prompt_style: str = "implications",
+        prompt_style: PromptStyle = "implications",
         chat_template: bool = True,
         seed: int | None = None,
         start: int = 0,
@@ -195,7 +186,7 @@ class KnowledgeIncorporationModule(InnerLoopModule):
         dtype: Dtype = "auto",
         lora: LoRASpec | None = None,
         inner: InnerLoopConfig | None = None,
-        conditions: list[str] | None = None,
+        conditions: list[Condition] | None = None,
         n_self_edits: int = 1,
         settings: KnowledgeSettings | None = None,
         generator: GeneratorBackend | None = None,
@@ -226,11 +217,19 @@ class KnowledgeIncorporationModule(InnerLoopModule):
         self.seed = seed
         self.inner_seeds = inner_seeds
         self.sampling_group = sampling_group
-        self._samples: dict[str, dict] = {}
+        # Pooled accuracy (correct / questions), exact match and F1 per condition; Lightning
+        # computes them over every rank at the epoch's end.
+        self.accuracy = torch.nn.ModuleDict({c: MeanMetric() for c in conditions})
+        self.exact = torch.nn.ModuleDict({c: MeanMetric() for c in conditions})
+        self.f1 = torch.nn.ModuleDict({c: MeanMetric() for c in conditions})
+        self._samples: dict[str, SampledSelfEdits] = {}
         self.pipeline: KnowledgeIncorporation | None = None
         self._done: set[str] = set()
         self._started = 0.0
         self._loss_step: dict[str, int] = {}
+
+    restem_domain = KnowledgeDomain
+    """Its ``seal restem`` steps: best-of-K self-edits per passage (:mod:`seal_pl.pipelines.knowledge_restem`)."""
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -239,65 +238,42 @@ class KnowledgeIncorporationModule(InnerLoopModule):
     # ---------------------------------------------------------------------------------- stages
     def _begin(self) -> None:
         self._started = time.perf_counter()
-        self._done = self.finished_ids("passages", "passage_id", "passages")
-        self._samples = {r["passage_id"]: r for r in read_all(self.run_dir / "samples.rank*.jsonl")}
+        self._done = self.finished(PassageRecord, "passage_id", "passages")
+        self._samples = {sample.passage_id: sample for sample in self.read(SampledSelfEdits)}
 
-    def test_step(self, batch: list[dict], batch_idx: int) -> None:
+    def test_step(self, batch: list[PassageItem], batch_idx: int) -> None:
         for item in batch:
-            self._evaluate(item, batch_idx)
+            self._evaluate(item)
 
-    def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict]:
-        return [self._evaluate(item, batch_idx) for item in batch]
+    def predict_step(self, batch: list[PassageItem], batch_idx: int) -> list[PassageRecord | None]:
+        return [self._evaluate(item) for item in batch]
 
-    def _evaluate(self, item: dict, index: int) -> dict | None:
-        passage: Passage = item["passage"]
+    def _evaluate(self, item: PassageItem) -> PassageRecord | None:
+        passage = item.passage
         if passage.id in self._done:
             return None
         # The passage's position in the data set, not the per-rank batch index: same seeds under DDP.
-        seed = self.seed + item.get("index", index)
+        position = item.index
+        seed = self.seed + position
         self.pipeline.timing = PassageTiming()
-        self_edits: list[str] = []
-        if "self_edit" in self.conditions:
-            self_edits = self._self_edits(passage, item.get("index", index), seed)
+        self_edits = self._self_edits(passage, position, seed) if "self_edit" in self.conditions else []
         with torch.inference_mode(False):
             record = self.pipeline.evaluate_passage(
                 passage,
                 conditions=self.conditions,
                 self_edits=self_edits,
-                external_edits=item.get("external", []),
+                external_edits=item.external,
                 seed=seed,
                 repeats=self.inner_seeds,
             )
-        record["timing"] = asdict(self.pipeline.timing)
-        stats_of: dict[str, dict[str, float]] = {}  # per distinct completion (inner seeds repeat it)
-        for condition in ("self_edit", "external"):
-            for run in record["conditions"].get(condition, []):
-                completion = run["adaptation"]["completion"]
-                if completion not in stats_of:
-                    stats_of[completion] = self_edit_stats(completion, passage.context)
-                run["self_edit_stats"] = stats_of[completion]
+        record.timing = self.pipeline.timing
         if self_edits:
             prompt = self.pipeline.self_edit_prompt(passage)
-            for reward in self_edit_rewards(record):
-                append_record(
-                    self.shard("self_edits"),
-                    {
-                        "id": f"{passage.id}/{reward['edit_index']}",
-                        "passage_id": passage.id,
-                        "seed": seed,
-                        "prompt": prompt,
-                        **reward,
-                        "stats": stats_of[reward["completion"]],
-                    },
-                )
-        for condition, runs in record["conditions"].items():
-            for run in runs:
-                for q in run["questions"]:
-                    append_record(
-                        self.shard("predictions"),
-                        {"passage_id": passage.id, "condition": condition, "edit_index": run["edit_index"], **q},
-                    )
-        append_record(self.shard("passages"), record)
+            for scored in scored_self_edits(record, prompt=prompt, seed=seed):
+                self.write(scored)
+        for prediction in prediction_records(record):
+            self.write(prediction)
+        self.write(record)
         self._done.add(passage.id)
         self._log_passage(record)
         return record
@@ -309,112 +285,66 @@ class KnowledgeIncorporationModule(InnerLoopModule):
         if passage.id not in self._samples:
             group = position // self.sampling_group
             items = self.trainer.datamodule.items()
-            members = [it["passage"] for it in items[group * self.sampling_group : (group + 1) * self.sampling_group]]
+            members = [it.passage for it in items[group * self.sampling_group : (group + 1) * self.sampling_group]]
             if passage.id not in {p.id for p in members}:
                 raise RuntimeError(f"passage {passage.id} is not at position {position} of the data module")
             group_seed = self.seed + group * self.sampling_group
             sampled = self.pipeline.sample_self_edits(members, self.n_self_edits, seed=group_seed)
             for member, completions in zip(members, sampled):
-                record = {"passage_id": member.id, "group": group, "seed": group_seed, "completions": completions}
-                append_record(self.shard("samples"), record)
-                self._samples[member.id] = record
-        return list(self._samples[passage.id]["completions"])
+                sample = SampledSelfEdits(passage_id=member.id, group=group, seed=group_seed, completions=completions)
+                self.write(sample)
+                self._samples[member.id] = sample
+        return list(self._samples[passage.id].completions)
 
-    def _log_passage(self, record: dict) -> None:
-        writer = self.tb()
-        for condition, runs in record["conditions"].items():
-            accuracy = sum(r["accuracy"] for r in runs) / len(runs)
-            if not self.trainer.predicting:  # Lightning has no self.log in predict (the E-step of ReST-EM)
-                self.log(f"accuracy/{condition}", accuracy, on_step=False, on_epoch=True, batch_size=1)
-            if writer is None:
-                continue
+    def _log_passage(self, record: PassageRecord) -> None:
+        """Accuracy, exact match and F1 per condition into torchmetrics (logged, reduced over ranks,
+        at the end of the pass), inner-loss curves and a self-edit sample to TensorBoard."""
+        for condition, runs in record.conditions.items():
             for run in runs:
-                adaptation = run["adaptation"]
-                if not adaptation:
+                if run.questions:
+                    n = len(run.questions)
+                    self.accuracy[condition].update(run.accuracy, weight=n)
+                    self.exact[condition].update(sum(a.exact for a in run.questions) / n, weight=n)
+                    self.f1[condition].update(sum(a.f1 for a in run.questions) / n, weight=n)
+        writer = self.tb()
+        if writer is None:
+            return
+        for condition, runs in record.conditions.items():
+            for run in runs:
+                if run.adaptation is None:
                     continue
                 step = self._loss_step.get(condition, 0)
-                for offset, loss in enumerate(adaptation["losses"]):
+                for offset, loss in enumerate(run.adaptation.losses):
                     writer.add_scalar(f"inner_loss/{condition}", loss, step + offset)
-                self._loss_step[condition] = step + len(adaptation["losses"])
-                if adaptation["losses"]:
-                    writer.add_scalar(f"final_inner_loss/{condition}", adaptation["losses"][-1], len(self._done))
-        if writer is not None and "self_edit" in record["conditions"]:
-            completion = record["conditions"]["self_edit"][0]["adaptation"]["completion"]
-            writer.add_text("self_edit_sample", f"**{record['title']}**\n\n{completion}", len(self._done))
-
-    def _compute_summary(self, records: list[dict]) -> dict[str, Any]:
-        """Where the time went, the training FLOPs, and what the self-edits looked like."""
-        timing = {f.name: 0.0 for f in fields(PassageTiming)}
-        for record in records:
-            for name, value in (record.get("timing") or {}).items():
-                timing[name] += value
-        # The frozen base model's parameters (the adapter bank's LoRA slots are not counted).
-        n_params = (
-            sum(p.numel() for n, p in self.lm.named_parameters() if "lora_" not in n) if self.lm is not None else 0
-        )
-        train_flops = adapter_training_flops(n_params, int(timing["processed_tokens"]))
-        stats = {
-            condition: summarize_self_edit_stats(
-                run["self_edit_stats"]
-                for r in records
-                for run in r["conditions"].get(condition, [])
-                if "self_edit_stats" in run
+                self._loss_step[condition] = step + len(run.adaptation.losses)
+                if run.adaptation.losses:
+                    writer.add_scalar(f"final_inner_loss/{condition}", run.adaptation.losses[-1], len(self._done))
+        sample = next(iter(record.conditions.get("self_edit", [])), None)
+        if sample is not None and sample.adaptation is not None:
+            writer.add_text(
+                "self_edit_sample", f"**{record.title}**\n\n{sample.adaptation.completion}", len(self._done)
             )
-            for condition in ("self_edit", "external")
-            if any(condition in r["conditions"] for r in records)
-        }
-        return {
-            "timing": {
-                **{k: round(v, 1) for k, v in timing.items() if k.endswith("seconds")},
-                "processed_tokens": int(timing["processed_tokens"]),
-                "n_params": n_params,
-                "train_flops": train_flops,
-                "train_flops_per_second": train_flops / timing["train_seconds"] if timing["train_seconds"] else None,
-            },
-            "self_edit_stats": stats,
-        }
+
+    def _end(self) -> None:
+        self.log_means(
+            {
+                f"{name}/{condition}": metrics[condition]
+                for name, metrics in (("accuracy", self.accuracy), ("exact", self.exact), ("f1", self.f1))
+                for condition in self.conditions
+            }
+        )
+        super()._end()
 
     def _finish(self) -> None:
-        records = {r["passage_id"]: r for r in read_all(self.run_dir / "passages.rank*.jsonl")}
+        records = {r.passage_id: r for r in self.read(PassageRecord)}
         ordered = [records[k] for k in sorted(records)]
-        table = summarize(ordered)
-        predictions = read_all(self.run_dir / "predictions.rank*.jsonl")
-        seen: set[tuple] = set()
-        unique = []
-        for p in predictions:
-            key = (p["passage_id"], p["condition"], p["edit_index"], p["question_id"])
-            if key not in seen:
-                seen.add(key)
-                unique.append(p)
-        rewrite_records(self.run_dir / "predictions.jsonl", unique)
-        results = {
-            "experiment": "knowledge_single_passage",
-            "model": self.model_name,
-            "n_passages": len(ordered),
-            "conditions": table,
-            "truncated": truncation_summary(ordered),
-            "wall_seconds_this_invocation": round(time.perf_counter() - self._started, 1),
-            # Adapters trained together share one wall time: count each batched adaptation once.
-            "adapt_seconds": round(
-                sum(
-                    sum(
-                        {
-                            run["adaptation"]["seconds"]
-                            for runs in r["conditions"].values()
-                            for run in runs
-                            if run["adaptation"]
-                        }
-                    )
-                    for r in ordered
-                ),
-                1,
-            ),
-            **self._compute_summary(ordered),
-        }
+        rewrite_typed(PredictionRecord.merged(self.run_dir), unique_predictions(self.read(PredictionRecord)))
+        # The frozen base model's parameters (the adapter bank's LoRA slots are not counted).
+        n_params = sum(p.numel() for n, p in self.lm.named_parameters() if "lora_" not in n) if self.lm else 0
+        results = knowledge_results(
+            ordered, model=self.model_name, n_params=n_params, wall_seconds=time.perf_counter() - self._started
+        )
         write_json(self.run_dir / "results.json", results)
-        writer = self.tb()
-        if writer is not None:
-            for condition, row in table.items():
-                writer.add_scalar(f"results/accuracy_{condition}", row["accuracy"], 0)
-            writer.add_text("results", "```\n" + format_table(table) + "\n```", 0)
+        table = results["conditions"]
+        self.report({f"accuracy_{condition}": row["accuracy"] for condition, row in table.items()}, format_table(table))
         print("\n" + format_table(table) + f"\n\nresults: {self.run_dir / 'results.json'}")

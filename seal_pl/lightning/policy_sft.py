@@ -16,40 +16,25 @@ knowledge: 1 x 5 x 2 GPUs = 10; ARC: 5 x 1 x 1).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Literal
 
 import lightning.pytorch as pl
 import torch
-from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat
+from jsonargparse.typing import NonNegativeFloat, PositiveFloat
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from seal_pl.errors import OptionError
-from seal_pl.generation.base import render_prompt
-from seal_pl.inner.sequences import TokenizedSequence, TrainSequence, collate, tokenize_sequence
-from seal_pl.inner.trainer import CHOICES, Schedule, _lr_lambda, check_choice, check_fraction, check_positive
+from seal_pl.inner.lora import LoRASpec
+from seal_pl.inner.sequences import TokenizedSequence, collate
+from seal_pl.inner.trainer import CHOICES, Schedule, check_choice, check_fraction, check_positive, lr_lambda
 from seal_pl.models.loading import DTYPES, Dtype, load_model_and_tokenizer
-from seal_pl.records import read_records, write_json
-from seal_pl.restem.layout import POLICY_MARKER
+from seal_pl.pipelines.sft import SFT_LORA, policy_info, sft_rows, sft_sequence, trainable_policy
+from seal_pl.records import POLICY_MARKER, read_records, write_json
 
-
-def sft_sequence(tokenizer, prompt, completion: str) -> TrainSequence:
-    """Prompt + completion as one sequence whose loss starts at the completion.
-
-    A chat prompt (list of messages) is rendered with the chat template and the completion is
-    closed with the template's end-of-turn text; a plain prompt is followed by the completion and EOS.
-    """
-    text, templated = render_prompt(tokenizer, prompt)
-    if templated:
-        full = tokenizer.apply_chat_template(
-            list(prompt) + [{"role": "assistant", "content": completion}], tokenize=False
-        )
-        if full.startswith(text):
-            return TrainSequence(full, completion_start=len(text), templated=True)
-        start = full.rfind(completion)
-        return TrainSequence(full, completion_start=max(0, start), templated=True)
-    eos = tokenizer.eos_token or ""
-    return TrainSequence(text + completion + eos, completion_start=len(text), templated=False)
+__all__ = ["SFT_LORA", "PolicySFTModule", "SFTDataModule", "sft_sequence"]
 
 
 class SFTDataModule(pl.LightningDataModule):
@@ -83,17 +68,7 @@ class SFTDataModule(pl.LightningDataModule):
         tokenizer = self.trainer.lightning_module.tokenizer
         self.pad_token_id = tokenizer.pad_token_id
         records = self.pairs()
-        self.rows = []
-        dropped = 0
-        for index, record in enumerate(records):
-            if "prompt" not in record or "completion" not in record:
-                raise ValueError(f"{self.path}: record {index + 1} needs 'prompt' and 'completion'")
-            sequence = sft_sequence(tokenizer, record["prompt"], record["completion"])
-            row = tokenize_sequence(tokenizer, sequence, loss_on="completion", max_length=self.max_length)
-            if row.n_loss_tokens == 0:
-                dropped += 1
-                continue
-            self.rows.append(row)
+        self.rows, dropped = sft_rows(tokenizer, records, max_length=self.max_length, source=str(self.path))
         if dropped:
             rank_zero_warn(
                 f"{self.path}: {dropped} of {len(records)} pairs have no completion token within max_length "
@@ -118,13 +93,17 @@ class PolicySFTModule(pl.LightningModule):
         model: the current policy (name or folder).
         dtype: weights dtype of the loaded policy (float32, or bfloat16 to halve memory; with
             ``trainer.precision: bf16-mixed`` float32 weights are trained under bf16 autocast).
-        lora_r: LoRA rank; 0 means full fine-tuning (reference: knowledge r=64, ARC r=16).
-        lora_alpha: LoRA alpha (reference: knowledge 128, ARC 16).
-        lora_dropout: LoRA dropout.
-        target_modules: modules adapted by LoRA (reference: all attention and MLP projections).
+        protocol: ``lora`` (a PEFT LoRA adapter, merged into the weights at the end) or ``full``
+            (full fine-tuning; ``lora`` is then unused).
+        lora: the adapter shape, default :data:`SFT_LORA` = the reference knowledge M-step: r 64,
+            alpha 128, dropout 0 on all attention and MLP projections (q, k, v, o, gate, up, down);
+            the reference ARC M-step uses r 16 / alpha 16 on q, v, gate, down, up. ``layers`` selects
+            transformer blocks (PEFT's ``layers_to_transform``; negative counts from the top).
+            ``init_seed`` is not used here: PEFT draws the initial ``A`` matrices from the run's
+            seed (``seed_everything``).
         lr: peak learning rate (reference: knowledge 3e-4, ARC 5e-5).
         weight_decay: AdamW weight decay.
-        schedule: linear, cosine or constant.
+        schedule: linear, cosine or constant (anything else is refused when the config is parsed).
         warmup_ratio: warm-up as a fraction of all steps.
         output_dir: where the merged policy is saved (default ``<run_dir>/policy``).
         gradient_checkpointing: recompute activations in the backward pass (less memory, slower;
@@ -137,10 +116,8 @@ class PolicySFTModule(pl.LightningModule):
         self,
         model: str = "smollm2-135m-instruct",
         dtype: Dtype = "float32",
-        lora_r: NonNegativeInt = 64,
-        lora_alpha: PositiveFloat = 128.0,
-        lora_dropout: NonNegativeFloat = 0.0,
-        target_modules: list[str] | None = None,
+        protocol: Literal["lora", "full"] = "lora",
+        lora: LoRASpec = SFT_LORA,
         lr: PositiveFloat = 3e-4,
         weight_decay: NonNegativeFloat = 0.0,
         schedule: Schedule = "linear",
@@ -163,23 +140,17 @@ class PolicySFTModule(pl.LightningModule):
         check_positive(weight_decay, "weight_decay", allow_zero=True)
         check_fraction(warmup_ratio, "warmup_ratio")
         check_choice(schedule, "schedule", CHOICES["schedule"])
+        check_choice(protocol, "protocol", ("lora", "full"))
+        if protocol == "lora":
+            check_fraction(lora.dropout, "lora.dropout")
+        self.protocol = protocol
+        self.lora_spec = dataclasses.replace(lora)  # a copy: the default is shared
         self.save_dtype = save_dtype
         self.losses: list[tuple[int, float]] = []
         policy, self.tokenizer = load_model_and_tokenizer(model, dtype)
-        if gradient_checkpointing:
-            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            policy.config.use_cache = False
-        if lora_r > 0:
-            from peft import LoraConfig, get_peft_model
-
-            targets = target_modules or ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-            policy = get_peft_model(
-                policy, LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets)
-            )
-        else:
-            policy.requires_grad_(True)
-        policy.train()
-        self.policy = policy
+        self.policy = trainable_policy(
+            policy, self.lora_spec if protocol == "lora" else None, gradient_checkpointing=gradient_checkpointing
+        )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.policy(**batch).loss
@@ -192,7 +163,7 @@ class PolicySFTModule(pl.LightningModule):
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(self.warmup_ratio * total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(self.schedule, total, warmup))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.schedule, total, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_start(self) -> None:
@@ -209,13 +180,8 @@ class PolicySFTModule(pl.LightningModule):
             policy = policy.to(DTYPES[self.save_dtype])
         policy.save_pretrained(target, safe_serialization=True)
         self.tokenizer.save_pretrained(target)
-        info = {
-            "trained_from": self.model_name,
-            "n_examples": len(getattr(self.trainer.datamodule, "rows", [])),
-            "optimizer_steps": self.global_step,
-            "batches_rank0": len(self.losses),
-            "final_loss": self.losses[-1][1] if self.losses else None,
-            "losses": [{"step": step, "loss": loss} for step, loss in self.losses],
-        }
+        info = policy_info(
+            self.model_name, len(getattr(self.trainer.datamodule, "rows", [])), self.global_step, self.losses
+        )
         write_json(target / POLICY_MARKER, info)
         rank_zero_info(f"Saved the merged policy to {target}")

@@ -26,8 +26,10 @@ forcing, the same adapter slot that generated it) and the two with the highest s
 log-likelihood are the attempts (:mod:`seal_pl.arc.scoring`,
 :class:`~seal_pl.pipelines.arc_scoring.TeacherForcedScorer`).
 
+The three modes and the resumable per-task runner over this pipeline are in
+:mod:`seal_pl.pipelines.arc_tasks`; every result is a typed record (:mod:`seal_pl.arc.records`).
 Plain Python over the shared inner loop and the generator backend; the Lightning module
-(:mod:`seal_pl.lightning.arc`) only drives it and writes records.
+(:mod:`seal_pl.lightning.arc`) only drives it and writes the records.
 """
 
 from __future__ import annotations
@@ -42,6 +44,14 @@ from typing import Any, Literal
 
 from seal_pl.arc.grids import Task
 from seal_pl.arc.inference import IDENTITY, InferenceView, build_inference_views, map_back
+from seal_pl.arc.records import (
+    ArcEditRecord,
+    Messages,
+    SelfEditAttempt,
+    SelfEditSample,
+    SubtaskPrediction,
+    ViewOutput,
+)
 from seal_pl.arc.scoring import LIKELIHOOD_VIEWS, ScoringPlan, plan_scoring
 from seal_pl.arc.self_edit import (
     SelfEditConfig,
@@ -54,11 +64,11 @@ from seal_pl.arc.text import TextRepresenter, decode_prediction, grid_format, ta
 from seal_pl.arc.ttt_data import build_ttt_tasks
 from seal_pl.arc.voting import is_solved, vote
 from seal_pl.generation.base import GeneratorBackend, SamplingParams
+from seal_pl.inner.lora import LoRASpec
 from seal_pl.inner.sequences import TrainSequence
-from seal_pl.inner.trainer import AdaptJob, AdaptResult, InnerLoopTrainer
+from seal_pl.inner.trainer import AdaptJob, AdaptResult, InnerLoopConfig, InnerLoopTrainer, check_choice
 from seal_pl.pipelines.arc_scoring import ScoreRequest, TeacherForcedScorer
 
-MODES = ("icl", "fixed", "self_edit")
 VOTING = ("reference", "likelihood")
 
 SELF_EDIT_SYSTEM_MESSAGE = "You are a helpful assistant that gives the correct output immediately."
@@ -66,6 +76,25 @@ SELF_EDIT_SYSTEM_MESSAGE = "You are a helpful assistant that gives the correct o
 
 STRATEGY_LOSS_ON = {"output_tokens": "completion", "all_tokens": "all"}
 """Self-edit strategy -> :class:`AdaptJob` ``loss_on``."""
+
+REFERENCE_LORA = LoRASpec(
+    r=128, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj", "gate_proj", "down_proj", "up_proj"]
+)
+"""The reference ARC adapter (spec 1.7): r 128, alpha 16, no dropout, q/v/gate/down/up projections."""
+
+REFERENCE_INNER = InnerLoopConfig(
+    lr=1e-4,
+    epochs=2,
+    batch_size=2,
+    grad_accum=1,
+    schedule="cosine",
+    warmup_steps=11,
+    loss_on="completion",
+    max_length=8192,
+    precision="fp32",
+)
+"""The reference ARC inner loop (spec 1.7): batch 2, cosine, 11 warm-up steps; lr/epochs/loss come
+from each self-edit (these are the oracle values, used when a job sets none)."""
 
 
 @dataclass
@@ -123,7 +152,7 @@ class ARCSettings:
         save_raw_outputs: keep every view's raw model output in the prediction records.
     """
 
-    grid_format: str = "numpy"
+    grid_format: Literal["numpy", "digits"] = "numpy"
     leave_n: list[int] = field(default_factory=lambda: [1, 2])
     permute_n: int = 1
     max_grid: int = 30
@@ -164,10 +193,8 @@ class ARCSettings:
         if len(self.lr_range) != 2 or self.lr_range[0] > self.lr_range[1]:
             raise ValueError(f"lr_range must be [low, high] with low <= high, got {self.lr_range}")
         grid_format(self.grid_format)  # validates the name
-        if self.voting not in VOTING:
-            raise ValueError(f"unknown voting {self.voting!r}; available: {list(VOTING)}")
-        if self.likelihood_views not in LIKELIHOOD_VIEWS:
-            raise ValueError(f"unknown likelihood_views {self.likelihood_views!r}; available: {list(LIKELIHOOD_VIEWS)}")
+        check_choice(self.voting, "voting", VOTING)
+        check_choice(self.likelihood_views, "likelihood_views", LIKELIHOOD_VIEWS)
         if self.likelihood_max_candidates is not None and self.likelihood_max_candidates < 1:
             raise ValueError(f"likelihood_max_candidates must be >= 1 or null, got {self.likelihood_max_candidates}")
         if self.likelihood_batch_size < 1:
@@ -178,44 +205,9 @@ class ARCSettings:
 # Records
 
 
-@dataclass
-class SelfEditSample:
-    """One self-edit index of a task: every sample drawn for it and the config that was kept."""
-
-    edit_index: int
-    completion: str
-    config: SelfEditConfig | None
-    reason: str | None
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def valid(self) -> bool:
-        return self.config is not None
-
-    def to_record(self) -> dict[str, Any]:
-        return {
-            "edit_index": self.edit_index,
-            "completion": self.completion,
-            "valid": self.valid,
-            "reason": self.reason,
-            "config": None if self.config is None else self.config.to_dict(),
-            "attempts": self.attempts,
-        }
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> SelfEditSample:
-        config = None
-        if record.get("config") is not None:
-            parsed = parse_self_edit_dict(record["config"])
-            config = parsed
-        return cls(record["edit_index"], record["completion"], config, record.get("reason"), record.get("attempts", []))
-
-
-def parse_self_edit_dict(payload: dict[str, Any]) -> SelfEditConfig:
-    """A :class:`SelfEditConfig` from its nested dict (as stored in records); raises on invalid."""
-    from seal_pl.arc.self_edit import config_from_dict
-
-    return config_from_dict(payload, lr_range=(0.0, math.inf), max_epochs=10**9)
+Outcome = ArcEditRecord
+"""The evaluation of one (task, self-edit) pair - or of the task in ``icl``/``fixed`` mode (the
+record :class:`~seal_pl.arc.records.ArcEditRecord`, filled in as the pair runs)."""
 
 
 @dataclass
@@ -227,39 +219,6 @@ class TTTPlan:
     n_examples: int
     planned_steps: int
     skipped: str | None = None
-
-
-@dataclass
-class Outcome:
-    """The evaluation of one (task, self-edit) pair - or of the task in ``icl``/``fixed`` mode."""
-
-    task_id: str
-    edit_index: int
-    mode: str
-    config: dict[str, Any] | None = None
-    prompt: list[dict[str, str]] | None = None
-    completion: str | None = None
-    valid: bool = True
-    reason: str | None = None
-    skipped: str | None = None
-    trained: bool = False
-    n_train_examples: int = 0
-    planned_steps: int = 0
-    losses: list[float] = field(default_factory=list)
-    steps: int = 0
-    train_tokens: int = 0
-    train_seconds: float = 0.0
-    infer_seconds: float = 0.0
-    subtasks: list[dict[str, Any]] = field(default_factory=list)
-    solved: bool | None = False
-    reward: int | None = 0
-
-    @property
-    def id(self) -> str:
-        return f"{self.task_id}/{self.edit_index}"
-
-    def to_record(self) -> dict[str, Any]:
-        return {"id": self.id, **asdict(self)}
 
 
 def task_seed(seed: int, task_id: str) -> int:
@@ -458,16 +417,16 @@ class ARCPipeline:
         stop = [self.representer.end_marker] if self.settings.stop_at_end_marker and self.representer.end_marker else []
         return SamplingParams(max_new_tokens=budget, temperature=0.0, stop=stop)
 
-    def infer(self, subtasks: Sequence[Task], slots: Sequence[int | None]) -> list[list[dict[str, Any]]]:
+    def infer(self, subtasks: Sequence[Task], slots: Sequence[int | None]) -> list[list[SubtaskPrediction]]:
         """Two attempts per subtask, once per adapter slot (``None`` = base model).
 
         Every view of every subtask for every slot goes into one ``generate`` call. Returns
-        ``results[slot_index][subtask_index]`` prediction records (attempts as nested lists,
-        ``solved`` = pass@2, ``None`` when the subtask's answer is unknown).
+        ``results[slot_index][subtask_index]`` predictions (attempts as nested lists, ``solved`` =
+        pass@2, ``None`` when the subtask's answer is unknown).
         """
         return self.infer_groups([(subtasks, slot) for slot in slots])
 
-    def infer_groups(self, groups: Sequence[tuple[Sequence[Task], int | None]]) -> list[list[dict[str, Any]]]:
+    def infer_groups(self, groups: Sequence[tuple[Sequence[Task], int | None]]) -> list[list[SubtaskPrediction]]:
         """Like :meth:`infer` for ``(subtasks, slot)`` groups: e.g. several tasks, each with its own
         adapter, answered in one ``generate`` call whose rows carry their slot."""
         subtasks_all = [subtask for subtasks, _ in groups for subtask in subtasks]
@@ -496,8 +455,8 @@ class ARCPipeline:
             if prompts
             else []
         )
-        results: list[list[dict[str, Any]]] = []
-        pending: list[tuple[dict[str, Any], Task, list[InferenceView], ScoringPlan, int | None]] = []
+        results: list[list[SubtaskPrediction]] = []
+        pending: list[tuple[SubtaskPrediction, Task, list[InferenceView], ScoringPlan, int | None]] = []
         cursor = 0
         for subtasks, slot in groups:
             per_group = []
@@ -526,10 +485,10 @@ class ARCPipeline:
 
     def decode(
         self, views: Sequence[InferenceView], texts: Sequence[str]
-    ) -> tuple[list[tuple[Any, str]], list[dict[str, Any]]]:
-        """Decoded answers mapped back (``(grid, inverse name)``) and one record per view."""
+    ) -> tuple[list[tuple[Any, str]], list[ViewOutput]]:
+        """Decoded answers mapped back (``(grid, inverse name)``) and one output record per view."""
         predictions = []
-        view_records = []
+        outputs = []
         for view, text in zip(views, texts):
             grid = decode_prediction(text, self.representer)
             error = None
@@ -542,31 +501,29 @@ class ARCPipeline:
                     grid, error = None, f"map_back failed: {exc}"
             if grid is not None:
                 predictions.append((grid, view.inverse_name))
-            record: dict[str, Any] = {"inverse": view.inverse_name, "decoded": grid is not None}
-            if error:
-                record["error"] = error
-            if self.settings.save_raw_outputs:
-                record["output"] = text
-            view_records.append(record)
-        return predictions, view_records
+            output = text if self.settings.save_raw_outputs else None
+            outputs.append(ViewOutput(view.inverse_name, grid is not None, error, output))
+        return predictions, outputs
 
-    def _record(self, subtask: Task, views, predictions, view_records, budget: int) -> dict[str, Any]:
-        """The prediction record with the reference vote's attempts (likelihood voting replaces them)."""
+    def _record(self, subtask: Task, views, predictions, view_outputs, budget: int) -> SubtaskPrediction:
+        """The prediction with the reference vote's attempts (likelihood voting replaces them)."""
         attempt_1, attempt_2 = vote(predictions)
-        record = {
-            "subtask_id": subtask.task_id,
-            "attempts": [_grid_list(attempt_1), _grid_list(attempt_2)],
-            "solved": None,
-            "n_views": len(views),
-            "n_decoded": len(predictions),
-            "max_new_tokens": budget,
-            "voting": self.settings.voting,
-            "views": view_records,
-        }
+        record = SubtaskPrediction(
+            subtask_id=subtask.task_id,
+            attempts=[_grid_list(attempt_1), _grid_list(attempt_2)],
+            solved=None,
+            n_views=len(views),
+            n_decoded=len(predictions),
+            max_new_tokens=budget,
+            voting=self.settings.voting,
+            views=view_outputs,
+        )
         _set_verdict(record, subtask)
         return record
 
-    def score(self, subtask: Task, views: Sequence[InferenceView], texts: Sequence[str], budget: int) -> dict[str, Any]:
+    def score(
+        self, subtask: Task, views: Sequence[InferenceView], texts: Sequence[str], budget: int
+    ) -> SubtaskPrediction:
         """Decode, map back and vote (reference voting) the answers of one subtask's views."""
         predictions, view_records = self.decode(views, texts)
         return self._record(subtask, views, predictions, view_records, budget)
@@ -607,16 +564,12 @@ class ARCPipeline:
         for record, subtask, views, plan, _ in pending:
             plan.apply(scores[cursor : cursor + len(plan.rows)])
             cursor += len(plan.rows)
-            record["reference_attempts"], record["reference_solved"] = record["attempts"], record["solved"]
+            record.reference_attempts, record.reference_solved = record.attempts, record.solved
             attempt_1, attempt_2 = plan.attempts()
-            record["attempts"] = [_grid_list(attempt_1), _grid_list(attempt_2)]
+            record.attempts = [_grid_list(attempt_1), _grid_list(attempt_2)]
             _set_verdict(record, subtask)
-            record["likelihood"] = {
-                **plan.to_record(views),
-                "n_rows": len(plan.rows),
-                "call_rows": len(requests),
-                "call_seconds": round(seconds, 3),
-            }
+            record.likelihood = plan.to_record(views)
+            record.likelihood.call_rows, record.likelihood.call_seconds = len(requests), round(seconds, 3)
 
     # ------------------------------------------------------------------------------- self-edits
     def self_edit_messages(self, task: Task) -> list[dict[str, str]]:
@@ -650,6 +603,7 @@ class ARCPipeline:
         *,
         mode: str,
         seed: int,
+        prompt: Messages | None = None,
         on_outcome=None,
     ) -> list[Outcome]:
         """TTT + evaluation for each self-edit of a task (valid ones; the rest get reward 0).
@@ -658,6 +612,8 @@ class ARCPipeline:
         adapter per self-edit answers every subtask. Trainable edits run in chunks of
         ``bank.slots``: the chunk trains together, then all views x subtasks x adapters are
         answered in one generate call. ``on_outcome(outcome)`` is called as each one is final.
+        ``mode`` labels the records; with the self-edit ``prompt`` (``self_edit`` mode) each record
+        carries it and the edit's completion, so solved pairs can go straight into ReST-EM.
         """
         if self.trainer is None:
             raise RuntimeError("TTT needs an InnerLoopTrainer")
@@ -673,9 +629,6 @@ class ARCPipeline:
             if on_outcome is not None:
                 on_outcome(outcome)
 
-        # In self_edit mode each record carries the self-edit prompt and completion, so solved
-        # pairs can go straight into ReST-EM (seal_pl.pipelines.restem.keep_successes).
-        prompt = self.self_edit_messages(reference) if mode == "self_edit" else None
         for edit in edits:
             outcome = Outcome(
                 task_id,
@@ -683,7 +636,7 @@ class ARCPipeline:
                 mode,
                 config=None if edit.config is None else edit.config.to_dict(),
                 prompt=prompt,
-                completion=edit.completion if mode == "self_edit" else None,
+                completion=None if prompt is None else edit.completion,
                 valid=edit.valid,
                 reason=edit.reason,
             )
@@ -769,7 +722,7 @@ class FreeTextSelfEdits(SelfEditWriter):
             for k, text in zip(pending, outputs):
                 parsed = parse_self_edit(text, lr_range=tuple(s.lr_range), max_epochs=s.max_epochs)
                 sample = samples[k]
-                sample.attempts.append({"completion": text, "valid": parsed.ok, "reason": parsed.error})
+                sample.attempts.append(SelfEditAttempt(text, parsed.ok, parsed.error))
                 sample.completion, sample.config, sample.reason = text, parsed.config, parsed.error
                 if not parsed.ok:
                     still.append(k)
@@ -832,15 +785,15 @@ class SchemaSelfEdits(SelfEditWriter):
         )
         samples = []
         for k, (config, text, probabilities) in zip(indices, written):
-            attempt = {"completion": text, "valid": True, "reason": None, "option_probabilities": probabilities}
+            attempt = SelfEditAttempt(text, True, None, option_probabilities=probabilities)
             samples.append(SelfEditSample(k, text, config, None, [attempt]))
         return samples
 
 
-def _set_verdict(record: dict[str, Any], subtask: Task) -> None:
-    """Pass@2 of the record's attempts (``None`` when the subtask's answer is unknown)."""
+def _set_verdict(record: SubtaskPrediction, subtask: Task) -> None:
+    """Pass@2 of the prediction's attempts (``None`` when the subtask's answer is unknown)."""
     truth = subtask.test.output
-    record["solved"] = None if truth is None else bool(is_solved(record["attempts"], truth))
+    record.solved = None if truth is None else bool(is_solved(record.attempts, truth))
 
 
 def _finalize(outcome: Outcome) -> None:
@@ -849,18 +802,12 @@ def _finalize(outcome: Outcome) -> None:
         if outcome.reward is None or outcome.solved is None:
             outcome.solved, outcome.reward = False, 0
         return
-    verdicts = [subtask["solved"] for subtask in outcome.subtasks]
+    verdicts = [subtask.solved for subtask in outcome.subtasks]
     if any(verdict is None for verdict in verdicts):
         outcome.solved, outcome.reward = None, None
     else:
         outcome.solved = all(verdicts)
         outcome.reward = int(outcome.solved)
-
-
-def success_rate(outcomes: Sequence[dict[str, Any]]) -> float | None:
-    """Mean reward over (task, self-edit) pairs with a known answer (the paper's ARC metric)."""
-    rewards = [o["reward"] for o in outcomes if o.get("reward") is not None]
-    return sum(rewards) / len(rewards) if rewards else None
 
 
 def fixed_edit(config: SelfEditConfig) -> SelfEditSample:

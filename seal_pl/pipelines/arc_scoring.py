@@ -27,11 +27,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from seal_pl.generation.base import Prompt, render_prompt
+from seal_pl.inner.trainer import check_choice
 from seal_pl.models.heads import decoder_and_head
 
 
@@ -67,11 +69,12 @@ class TeacherForcedScorer:
         self,
         batch_size: int = 16,
         max_batch_tokens: int | None = None,
-        precision: str = "fp32",
+        precision: Literal["fp32", "bf16"] = "fp32",
         share_prompt: bool = True,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_choice(precision, "precision", ("fp32", "bf16"))
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.precision = precision

@@ -13,7 +13,11 @@ This module holds the plain-Python parts, unit tested without Lightning:
 * matrix statistics: per-cell mean and standard deviation over sequences, and the exact pooling
   of such statistics from several runs (:func:`pool_matrix_stats`; the reference averaged the
   standard deviations of its 8 jobs, which is not the standard deviation over its 64 sequences);
-* the forgetting summary (:func:`forgetting_summary`) and the heatmap (:func:`save_heatmap`);
+* the forgetting summary (:func:`forgetting_summary`), the heatmap (:func:`save_heatmap`) and
+  ``results.json`` (:func:`continual_results`);
+* one sequence end to end (:class:`ContinualRun`: the exact base weights restored before and after,
+  row 0, then per passage a self-edit, an update and a row), handing back its typed records
+  (:mod:`seal_pl.knowledge.continual_records`);
 * the update strategies, chosen in config by ``class_path``: :class:`Merge` (the reference: merge
   each adapter into the weights), :class:`Replay` (merge, and mix a sample of earlier self-edits
   into every update), :class:`Route` (no merge: one adapter per passage, each question answered by
@@ -28,14 +32,23 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from seal_pl.generation.base import GeneratorBackend
 from seal_pl.inner.lora import AdapterBank
+from seal_pl.inner.sequences import TrainSequence
+from seal_pl.inner.trainer import AdaptJob
+from seal_pl.knowledge.continual_records import ContinualPredictionRecord, ContinualSequenceRecord, ContinualStep
+from seal_pl.knowledge.data import Passage
+from seal_pl.knowledge.records import GradedAnswer
+from seal_pl.pipelines.knowledge import KnowledgeIncorporation
 
 Matrix = list[list[float | None]]
 
@@ -492,3 +505,211 @@ class Compose(_AdapterPerPassage):
                     layer.base.weight.copy_(saved[name])
             if generator is not None:
                 generator.base_weights_changed()
+
+
+# ------------------------------------------------------------------------------ one sequence
+@dataclass
+class SequenceItem:
+    """One sequence to run: its id (``seq-<index>``), index, passages, and self-edits from a file
+    (passage id -> completion; empty when the current model writes them)."""
+
+    id: str
+    index: int
+    passages: list[Passage]
+    external: dict[str, str] = field(default_factory=dict)
+
+
+def sequence_items(
+    passages: Sequence[Passage], sequences: Sequence[Sequence[int]], external: dict[str, list[str]]
+) -> list[SequenceItem]:
+    """One item per drawn sequence (passage indices); with ``external`` self-edits (passage id ->
+    completions) each step trains on its passage's first one."""
+    items = []
+    for s, sequence in enumerate(sequences):
+        chosen = [passages[i] for i in sequence]
+        items.append(SequenceItem(f"seq-{s:04d}", s, chosen, {p.id: external[p.id][0] for p in chosen if external}))
+    return items
+
+
+class BaseWeights:
+    """The exact weights of the adapted layers, kept on the CPU (to spare accelerator memory).
+
+    Merges write into those weights (and nothing else): :meth:`restore` puts them back, empties
+    the adapter slots and tells the generator, before and after every sequence.
+    """
+
+    def __init__(self, bank: AdapterBank):
+        self.weights = {name: layer.base.weight.detach().to("cpu", copy=True) for name, layer in bank.iter_layers()}
+
+    @torch.no_grad()
+    def restore(self, bank: AdapterBank, generator: GeneratorBackend) -> None:
+        for name, layer in bank.iter_layers():
+            layer.base.weight.copy_(self.weights[name])
+        bank.reset()
+        generator.base_weights_changed(restored=True)
+
+
+def accuracy(graded: Sequence[GradedAnswer]) -> float:
+    return sum(answer.correct for answer in graded) / max(1, len(graded))
+
+
+class ContinualRun:
+    """Runs one sequence: row 0 before any update, then per passage a self-edit, an update that the
+    strategy makes part of the model, and the row of every passage so far (spec 2.9).
+
+    Args:
+        pipeline: the knowledge pipeline (its inner-loop trainer, generator, grader and settings).
+        strategy: how updates enter the model.
+        bank: the adapter bank bound to the model.
+        base: the exact base weights, restored before and after the sequence.
+        seed: step ``k`` of sequence ``s`` samples and trains with ``seed + 1000 * s + k``.
+    """
+
+    def __init__(
+        self,
+        pipeline: KnowledgeIncorporation,
+        strategy: ContinualStrategy,
+        bank: AdapterBank,
+        base: BaseWeights,
+        seed: int = 0,
+    ):
+        self.pipeline, self.strategy, self.bank, self.base, self.seed = pipeline, strategy, bank, base, seed
+
+    @property
+    def generator(self) -> GeneratorBackend:
+        return self.pipeline.generator
+
+    def answer_row(self, passages: Sequence[Passage], columns: int, updates: int) -> list[list[GradedAnswer]]:
+        """Graded answers to the questions of the first ``columns`` passages after ``updates`` updates."""
+        graded = []
+        with self.strategy.current_model(self.bank, updates, self.generator):
+            for j in range(columns):
+                predictions = self.pipeline.answer(passages[j], [self.strategy.answer_slot(j, updates)])[0]
+                graded.append(self.pipeline.grade(passages[j], predictions))
+        return graded
+
+    def run(
+        self, item: SequenceItem, on_step: Callable[[ContinualStep, list[list[GradedAnswer]]], None] | None = None
+    ) -> tuple[ContinualSequenceRecord, list[ContinualPredictionRecord]]:
+        """The sequence's record and every answer; ``on_step(step, row)`` after each update."""
+        started = time.perf_counter()
+        self.base.restore(self.bank, self.generator)
+        rows = [self.answer_row(item.passages, len(item.passages), 0)]
+        steps: list[ContinualStep] = []
+        history: list[list[str]] = []
+        for k, passage in enumerate(item.passages):
+            steps.append(self.update(item, k, passage, history))
+            answer_started = time.perf_counter()
+            rows.append(self.answer_row(item.passages, k + 1, k + 1))
+            steps[-1].answer_seconds = round(time.perf_counter() - answer_started, 2)
+            if on_step is not None:
+                on_step(steps[-1], rows[-1])
+        self.base.restore(self.bank, self.generator)
+        record = self.sequence_record(item, rows, steps, time.perf_counter() - started)
+        answers = [
+            ContinualPredictionRecord.of(item.id, r, j, item.passages[j].id, answer)
+            for r, row in enumerate(rows)
+            for j, graded in enumerate(row)
+            for answer in graded
+        ]
+        return record, answers
+
+    def update(self, item: SequenceItem, k: int, passage: Passage, history: list[list[str]]) -> ContinualStep:
+        """Step ``k``: the self-edit (from the file, or written by the current model), training on it
+        (and on what the strategy replays), and the strategy's after-update."""
+        seed = self.seed + 1000 * item.index + k
+        started = time.perf_counter()
+        completion = item.external.get(passage.id)
+        source = "file" if completion is not None else "model"
+        if completion is None:
+            with self.strategy.current_model(self.bank, k, self.generator):
+                completion = self.pipeline.sample_self_edits([passage], 1, seed=seed)[0][0]
+        generate_seconds = time.perf_counter() - started
+        texts, empty = self.pipeline.training_sequences(passage, completion)
+        train_texts, n_replayed = self.strategy.training_texts(k, texts, history, seed)
+        marker = self.pipeline.settings.loss_after_marker
+        job = AdaptJob(
+            [TrainSequence.after_marker(t, marker) if marker else TrainSequence(t) for t in train_texts],
+            seed=seed,
+            loss_on="completion" if marker else None,
+        )
+        slot = self.strategy.train_slot(k)
+        result = self.pipeline.trainer.adapt([job], slots=[slot])[0]
+        self.strategy.after_update(self.bank, k, slot, self.generator)
+        history.append(texts)
+        return ContinualStep(
+            step=k + 1,
+            passage_id=passage.id,
+            self_edit_source=source,
+            completion=completion,
+            completion_was_empty=empty,
+            sequences=texts,
+            n_replayed=n_replayed,
+            replayed=train_texts[len(texts) :],
+            losses=result.losses,
+            train_steps=result.steps,
+            train_tokens=result.train_tokens,
+            generate_seconds=round(generate_seconds, 2),
+            train_seconds=round(result.seconds, 2),
+            answer_seconds=0.0,
+        )
+
+    def sequence_record(
+        self, item: SequenceItem, rows: list[list[list[GradedAnswer]]], steps: list[ContinualStep], seconds: float
+    ) -> ContinualSequenceRecord:
+        length = len(item.passages)
+        return ContinualSequenceRecord(
+            id=item.id,
+            index=item.index,
+            passage_ids=[p.id for p in item.passages],
+            titles=[p.title for p in item.passages],
+            strategy=self.strategy.describe(),
+            matrix=matrix_from_rows([[accuracy(graded) for graded in row] for row in rows], length),
+            n_correct=[[sum(answer.correct for answer in graded) for graded in row] for row in rows],
+            n_questions=[[len(graded) for graded in row] for row in rows],
+            steps=steps,
+            seconds=round(seconds, 1),
+        )
+
+
+def continual_results(
+    sequences: Sequence[ContinualSequenceRecord],
+    *,
+    model: str,
+    strategy: dict,
+    ddof: int = 0,
+    wall_seconds: float = 0.0,
+) -> dict[str, Any]:
+    """``results.json`` of a set of finished sequences: the matrix statistics over sequences, the
+    forgetting summary, empty self-edits, times (``wall_seconds``: this invocation's) and the reference."""
+    report = summarize_sequences([r.matrix for r in sequences], ddof=ddof)
+    steps = [s for r in sequences for s in r.steps]
+    return {
+        "experiment": "knowledge_continual",
+        "model": model,
+        "strategy": strategy,
+        "length": len(sequences[0].passage_ids),
+        "sequences": [{"id": r.id, "passage_ids": r.passage_ids} for r in sequences],
+        **report,
+        "empty_self_edits": sum(s.completion_was_empty for s in steps),
+        "seconds": {
+            "sequences": round(sum(r.seconds for r in sequences), 1),
+            "generate": round(sum(s.generate_seconds for s in steps), 1),
+            "train": round(sum(s.train_seconds for s in steps), 1),
+            "this_invocation": round(wall_seconds, 1),
+        },
+        "reference": REFERENCE,
+    }
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """The mean ± std matrix and the forgetting summary as text."""
+    matrix = results["matrix"]
+    return format_matrix(matrix["mean"], matrix["std"]) + "\n\n" + format_summary(results["summary"])
+
+
+def save_results_heatmap(results: dict[str, Any], path: str | Path) -> Path:
+    """The heatmap of ``results.json``'s mean ± std matrix, titled with the strategy and count."""
+    title = f"{results['strategy']['name']}: {results['n_sequences']} sequences, mean ± std"
+    matrix = results["matrix"]
+    return save_heatmap([{"title": title, "mean": matrix["mean"], "std": matrix["std"]}], path)

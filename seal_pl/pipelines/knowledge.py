@@ -25,17 +25,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, get_args
 
 from seal_pl.generation.base import GeneratorBackend, Prompt, SamplingParams, render_prompt
+from seal_pl.inner.flops import adapter_training_flops
 from seal_pl.inner.sequences import TrainSequence, token_length
 from seal_pl.inner.trainer import AdaptJob, InnerLoopTrainer
 from seal_pl.knowledge.data import Passage
 from seal_pl.knowledge.grading import GradeItem, Grader
 from seal_pl.knowledge.prompts import (
     ANSWER_STOP_STRINGS,
+    PromptStyle,
     PromptTooLongError,
     answer_messages,
     answer_prompt,
@@ -44,14 +46,26 @@ from seal_pl.knowledge.prompts import (
     self_edit_messages,
     self_edit_prompt,
 )
+from seal_pl.knowledge.records import (
+    Adaptation,
+    ConditionRun,
+    GradedAnswer,
+    KnowledgeSelfEdit,
+    PassageRecord,
+    PassageTiming,
+    PredictionRecord,
+    Truncation,
+)
+from seal_pl.knowledge.self_edit_stats import self_edit_stats, summarize_self_edit_stats
 from seal_pl.knowledge.sequences import build_train_sequences
 
 logger = logging.getLogger(__name__)
 
-CONDITIONS = ("no_adaptation", "passage_only", "self_edit", "external")
+Condition = Literal["no_adaptation", "passage_only", "self_edit", "external"]
+CONDITIONS: tuple[str, ...] = get_args(Condition)
 
 
-def passage_self_edit_prompt(passage: Passage, prompt_style: str = "implications", chat_template: bool = True):
+def passage_self_edit_prompt(passage: Passage, prompt_style: PromptStyle = "implications", chat_template: bool = True):
     """The prompt the policy writes a passage's self-edit from: chat messages, or plain text for base models.
 
     The E-step samples with it, and the M-step and the distillation data train under the same one.
@@ -87,7 +101,7 @@ class KnowledgeSettings:
             tokens (reference default).
     """
 
-    prompt_style: str = "implications"
+    prompt_style: PromptStyle = "implications"
     chat_template: bool = True
     self_edit_sampling: SamplingParams = field(
         default_factory=lambda: SamplingParams(max_new_tokens=256, temperature=1.0, top_p=0.95)
@@ -96,33 +110,6 @@ class KnowledgeSettings:
     split_newlines: bool = True
     drop_preamble: bool = True
     loss_after_marker: str | None = None
-
-
-@dataclass
-class Adaptation:
-    """One adapter trained for a passage: its condition, training data and training trace."""
-
-    condition: str
-    edit_index: int
-    repeat: int
-    completion: str
-    sequences: list[str]
-    completion_was_empty: bool
-    losses: list[float] = field(default_factory=list)
-    steps: int = 0
-    train_tokens: int = 0
-    processed_tokens: int = 0
-    seconds: float = 0.0
-
-
-@dataclass
-class PassageTiming:
-    """Wall seconds one passage spent in each phase (adapters trained together share one time)."""
-
-    sample_seconds: float = 0.0
-    train_seconds: float = 0.0
-    answer_seconds: float = 0.0
-    processed_tokens: int = 0
 
 
 class KnowledgeIncorporation:
@@ -148,7 +135,9 @@ class KnowledgeIncorporation:
         self.settings = settings or KnowledgeSettings()
         self.timing = PassageTiming()
         """Seconds per phase, added up since the caller last reset it (one passage, in the module)."""
-        self._shortened_prompts: dict[str, Prompt] = {}
+        # Per passage id: its self-edit prompt and whether it had to be built from a beginning of
+        # the passage (fitting a prompt tokenizes it; the sampler and the records ask again).
+        self._self_edit_prompts: dict[str, tuple[Prompt, bool]] = {}
         """Self-edit prompts of passages too long for the context, built once (and warned about once)."""
 
     # ------------------------------------------------------------------------------ input sizes
@@ -232,14 +221,17 @@ class KnowledgeIncorporation:
         Raises:
             PromptTooLongError: not even the prompt without the passage text fits.
         """
+        if passage.id not in self._self_edit_prompts:
+            self._self_edit_prompts[passage.id] = self._fit_self_edit_prompt(passage)
+        return self._self_edit_prompts[passage.id][0]
+
+    def _fit_self_edit_prompt(self, passage: Passage) -> tuple[Prompt, bool]:
         s = self.settings
-        if passage.id in self._shortened_prompts:
-            return self._shortened_prompts[passage.id]
         prompt = passage_self_edit_prompt(passage, s.prompt_style, s.chat_template)
         new_tokens = s.self_edit_sampling.max_new_tokens
         budget = self._prompt_budget(new_tokens)
         if budget is None:
-            return prompt
+            return prompt, False
         context = fit_context(
             lambda text: _self_edit_prompt_text(passage.title, text, s.prompt_style, s.chat_template),
             passage.context,
@@ -253,7 +245,7 @@ class KnowledgeIncorporation:
                 "text; shorten the title, or lower settings.self_edit_sampling.max_new_tokens"
             )
         if context == passage.context:
-            return prompt
+            return prompt, False
         logger.warning(
             "%s: the self-edit prompt is longer than the model's context of %d tokens less %d self-edit tokens; "
             "it is built from the first %d of the passage's %d characters (the rest is not shown to the model)",
@@ -263,14 +255,12 @@ class KnowledgeIncorporation:
             len(context),
             len(passage.context),
         )
-        shortened = _self_edit_prompt_text(passage.title, context, s.prompt_style, s.chat_template)
-        self._shortened_prompts[passage.id] = shortened
-        return shortened
+        return _self_edit_prompt_text(passage.title, context, s.prompt_style, s.chat_template), True
 
     def self_edit_prompt_shortened(self, passage: Passage) -> bool:
         """Whether the passage's self-edit prompt had to be built from a beginning of the passage."""
         self.self_edit_prompt(passage)
-        return passage.id in self._shortened_prompts
+        return self._self_edit_prompts[passage.id][1]
 
     def answer_prompt(self, passage: Passage, question: str):
         if self.settings.chat_template:
@@ -314,19 +304,19 @@ class KnowledgeIncorporation:
         n = len(questions)
         return [answers[i * n : (i + 1) * n] for i in range(len(slots))]
 
-    def grade(self, passage: Passage, predictions: Sequence[str]) -> list[dict]:
+    def grade(self, passage: Passage, predictions: Sequence[str]) -> list[GradedAnswer]:
         items = [GradeItem(q.question, tuple(q.answers), pred) for q, pred in zip(passage.questions, predictions)]
         verdicts = self.grader.grade(items)
         return [
-            {
-                "question_id": q.id,
-                "question": q.question,
-                "gold": list(q.answers),
-                "prediction": pred,
-                "correct": bool(v.correct),
-                "exact": bool(v.exact),
-                "f1": float(v.f1),
-            }
+            GradedAnswer(
+                question_id=q.id,
+                question=q.question,
+                gold=list(q.answers),
+                prediction=pred,
+                correct=bool(v.correct),
+                exact=bool(v.exact),
+                f1=float(v.f1),
+            )
             for q, pred, v in zip(passage.questions, predictions, verdicts)
         ]
 
@@ -382,34 +372,50 @@ class KnowledgeIncorporation:
         baseline_predictions: Sequence[str] | None = None,
         seed: int = 0,
         repeats: int = 1,
-    ) -> dict:
-        """All requested conditions for one passage.
+    ) -> PassageRecord:
+        """All requested conditions for one passage: one :class:`ConditionRun` per adaptation.
 
         Every adaptation is trained ``repeats`` times with inner-loop seeds ``seed, seed + 1, ...``
-        (the reference scores each RL self-edit over 3 seeds).
-
-        Returns ``{"passage_id", "title", "conditions": {condition: [run, ...]}}`` where each run is
-        ``{"edit_index", "repeat", "accuracy", "questions": [...], "adaptation": {...}}``.
+        (the reference scores each RL self-edit over 3 seeds). Self-edit and external runs carry
+        the self-edit's statistics against the passage (:mod:`seal_pl.knowledge.self_edit_stats`).
         """
         unknown = set(conditions) - set(CONDITIONS)
         if unknown:
             raise ValueError(f"unknown conditions {sorted(unknown)}; valid: {CONDITIONS}")
         self.check_answer_prompts(passage)
-        record: dict = {"passage_id": passage.id, "title": passage.title, "conditions": {}}
+        record = PassageRecord(passage_id=passage.id, title=passage.title, conditions={})
         adaptations: list[Adaptation] = []
         for repeat in range(repeats):
             if "passage_only" in conditions:
                 sequences, _ = self.training_sequences(passage, None)
-                adaptations.append(Adaptation("passage_only", 0, repeat, "", sequences, True))
+                adaptations.append(
+                    Adaptation(
+                        condition="passage_only",
+                        edit_index=0,
+                        repeat=repeat,
+                        completion="",
+                        sequences=sequences,
+                        completion_was_empty=True,
+                    )
+                )
             for condition, edits in (("self_edit", self_edits), ("external", external_edits)):
                 if condition in conditions:
                     for index, completion in enumerate(edits):
                         sequences, empty = self.training_sequences(passage, completion)
-                        adaptations.append(Adaptation(condition, index, repeat, completion, sequences, empty))
-        record["truncation"] = {
-            "training_sequences": self.training_truncation(passage, adaptations),
-            "self_edit_prompt": bool(self_edits) and self.self_edit_prompt_shortened(passage),
-        }
+                        adaptations.append(
+                            Adaptation(
+                                condition=condition,
+                                edit_index=index,
+                                repeat=repeat,
+                                completion=completion,
+                                sequences=sequences,
+                                completion_was_empty=empty,
+                            )
+                        )
+        record.truncation = Truncation(
+            training_sequences=self.training_truncation(passage, adaptations),
+            self_edit_prompt=bool(self_edits) and self.self_edit_prompt_shortened(passage),
+        )
         need_base = "no_adaptation" in conditions and baseline_predictions is None
         adapted, base = self.adapt_and_answer(passage, adaptations, seed, with_base=need_base and bool(adaptations))
         if "no_adaptation" in conditions:
@@ -419,62 +425,70 @@ class KnowledgeIncorporation:
                 started = time.perf_counter()
                 base = self.answer(passage, [None])[0]
                 self.timing.answer_seconds += time.perf_counter() - started
-            record["conditions"]["no_adaptation"] = [_run(0, 0, self.grade(passage, base), None)]
+            record.conditions["no_adaptation"] = [ConditionRun.of(0, 0, self.grade(passage, base), None)]
+        stats_of: dict[str, dict[str, float]] = {}  # per distinct completion (inner seeds repeat it)
         for adaptation, predictions in zip(adaptations, adapted):
-            graded = self.grade(passage, predictions)
-            record["conditions"].setdefault(adaptation.condition, []).append(
-                _run(adaptation.edit_index, adaptation.repeat, graded, asdict(adaptation))
+            run = ConditionRun.of(
+                adaptation.edit_index, adaptation.repeat, self.grade(passage, predictions), adaptation
             )
+            if adaptation.condition in ("self_edit", "external"):
+                if adaptation.completion not in stats_of:
+                    stats_of[adaptation.completion] = self_edit_stats(adaptation.completion, passage.context)
+                run.self_edit_stats = stats_of[adaptation.completion]
+            record.conditions.setdefault(adaptation.condition, []).append(run)
         return record
 
 
-def _run(edit_index: int, repeat: int, graded: list[dict], adaptation: dict | None) -> dict:
-    correct = sum(q["correct"] for q in graded)
-    return {
-        "edit_index": edit_index,
-        "repeat": repeat,
-        "accuracy": correct / max(1, len(graded)),
-        "n_correct": correct,
-        "n_questions": len(graded),
-        "questions": graded,
-        "adaptation": adaptation,
-    }
+def scored_self_edits(record: PassageRecord, *, prompt: Prompt, seed: int) -> list[KnowledgeSelfEdit]:
+    """The passage's self-edits with their rewards: the mean adapted accuracy over inner-loop seeds.
 
-
-def self_edit_rewards(record: dict, condition: str = "self_edit") -> list[dict]:
-    """Per self-edit of one passage: its reward (mean adapted accuracy over inner-loop seeds).
-
-    Also gives the per-seed accuracies, the gain over the passage's no-adaptation accuracy and,
+    Each also gets its per-seed accuracies, its gain over the passage's no-adaptation accuracy and,
     when the ``passage_only`` condition ran, the gain over that (mean over its seeds).
     """
-    runs = record["conditions"].get(condition, [])
-    baseline_runs = record["conditions"].get("no_adaptation", [])
-    baseline = baseline_runs[0]["accuracy"] if baseline_runs else None
-    passage_runs = record["conditions"].get("passage_only", [])
-    passage_only = sum(r["accuracy"] for r in passage_runs) / len(passage_runs) if passage_runs else None
-    by_edit: dict[int, list[dict]] = {}
-    for run in runs:
-        by_edit.setdefault(run["edit_index"], []).append(run)
-    rewards = []
+    baseline_runs = record.conditions.get("no_adaptation", [])
+    baseline = baseline_runs[0].accuracy if baseline_runs else None
+    passage_runs = record.conditions.get("passage_only", [])
+    passage_only = sum(r.accuracy for r in passage_runs) / len(passage_runs) if passage_runs else None
+    by_edit: dict[int, list[ConditionRun]] = {}
+    for run in record.conditions.get("self_edit", []):
+        by_edit.setdefault(run.edit_index, []).append(run)
+    scored = []
     for index in sorted(by_edit):
-        accuracies = [run["accuracy"] for run in sorted(by_edit[index], key=lambda r: r["repeat"])]
+        runs = sorted(by_edit[index], key=lambda r: r.repeat)
+        accuracies = [run.accuracy for run in runs]
         reward = sum(accuracies) / len(accuracies)
-        rewards.append(
-            {
-                "edit_index": index,
-                "completion": by_edit[index][0]["adaptation"]["completion"],
-                "reward": reward,
-                "accuracy_per_seed": accuracies,
-                "baseline_accuracy": baseline,
-                "gain": None if baseline is None else reward - baseline,
-                "passage_only_accuracy": passage_only,
-                "gain_over_passage": None if passage_only is None else reward - passage_only,
-            }
+        scored.append(
+            KnowledgeSelfEdit(
+                id=f"{record.passage_id}/{index}",
+                context_id=record.passage_id,
+                passage_id=record.passage_id,
+                edit_index=index,
+                seed=seed,
+                prompt=prompt,
+                completion=runs[0].adaptation.completion,
+                reward=reward,
+                accuracy_per_seed=accuracies,
+                baseline_accuracy=baseline,
+                gain=None if baseline is None else reward - baseline,
+                passage_only_accuracy=passage_only,
+                gain_over_passage=None if passage_only is None else reward - passage_only,
+                stats=runs[0].self_edit_stats,
+            )
         )
-    return rewards
+    return scored
 
 
-def summarize(records: Sequence[dict]) -> dict[str, dict]:
+def prediction_records(record: PassageRecord) -> list[PredictionRecord]:
+    """Every answer of every run of the passage, one record each."""
+    return [
+        PredictionRecord(passage_id=record.passage_id, condition=condition, edit_index=run.edit_index, **asdict(answer))
+        for condition, runs in record.conditions.items()
+        for run in runs
+        for answer in run.questions
+    ]
+
+
+def summarize(records: Sequence[PassageRecord]) -> dict[str, dict]:
     """Per condition: accuracy over all (passage, self-edit, question) triples, plus counts.
 
     ``accuracy`` pools questions (each question of each run counts once); ``passage_mean`` averages the
@@ -483,16 +497,16 @@ def summarize(records: Sequence[dict]) -> dict[str, dict]:
     """
     table: dict[str, dict] = {}
     for condition in CONDITIONS:
-        runs = [(r, run) for r in records for run in r["conditions"].get(condition, [])]
+        runs = [(r, run) for r in records for run in r.conditions.get(condition, [])]
         if not runs:
             continue
-        n_questions = sum(run["n_questions"] for _, run in runs)
-        n_correct = sum(run["n_correct"] for _, run in runs)
+        n_questions = sum(run.n_questions for _, run in runs)
+        n_correct = sum(run.n_correct for _, run in runs)
         per_passage: dict[str, list[float]] = {}
         for r, run in runs:
-            per_passage.setdefault(r["passage_id"], []).append(run["accuracy"])
+            per_passage.setdefault(r.passage_id, []).append(run.accuracy)
         passage_means = [sum(v) / len(v) for v in per_passage.values()]
-        empty = sum(1 for _, run in runs if run["adaptation"] and run["adaptation"]["completion_was_empty"])
+        empty = sum(1 for _, run in runs if run.adaptation and run.adaptation.completion_was_empty)
         table[condition] = {
             "accuracy": n_correct / max(1, n_questions),
             "passage_mean": sum(passage_means) / max(1, len(passage_means)),
@@ -505,12 +519,11 @@ def summarize(records: Sequence[dict]) -> dict[str, dict]:
     return table
 
 
-def truncation_summary(records: Sequence[dict]) -> dict[str, Any]:
+def truncation_summary(records: Sequence[PassageRecord]) -> dict[str, Any]:
     """``results.json``'s ``truncated``: how many passages had training sequences cut to ``max_length``
     or a self-edit prompt built from a beginning of the passage, and which (records' ``truncation``)."""
-    marks = [(r["passage_id"], r.get("truncation") or {}) for r in records]
-    cut_training = [(pid, mark["training_sequences"]) for pid, mark in marks if mark.get("training_sequences")]
-    cut_prompt = [pid for pid, mark in marks if mark.get("self_edit_prompt")]
+    cut_training = [(r.passage_id, r.truncation.training_sequences) for r in records if r.truncation.training_sequences]
+    cut_prompt = [r.passage_id for r in records if r.truncation.self_edit_prompt]
     ids = sorted({pid for pid, _ in cut_training} | set(cut_prompt))
     return {
         "passages": len(ids),
@@ -518,6 +531,61 @@ def truncation_summary(records: Sequence[dict]) -> dict[str, Any]:
         "training_sequences": sum(n for _, n in cut_training),
         "self_edit_prompts": len(cut_prompt),
         "passage_ids": ids,
+    }
+
+
+def unique_predictions(predictions: Iterable[PredictionRecord]) -> list[PredictionRecord]:
+    """One prediction per (passage, condition, self-edit, question): the first written (a passage
+    re-run after a kill mid-write appends its answers again)."""
+    seen: set[tuple] = set()
+    unique = []
+    for prediction in predictions:
+        if prediction.key not in seen:
+            seen.add(prediction.key)
+            unique.append(prediction)
+    return unique
+
+
+def knowledge_results(
+    records: Sequence[PassageRecord], *, model: str, n_params: int, wall_seconds: float
+) -> dict[str, Any]:
+    """``results.json`` of an evaluation: the table, truncations, where the time went, the training
+    FLOPs (``n_params``: the frozen base model's parameters) and what the self-edits looked like.
+
+    ``adapt_seconds`` is the wall time of the batched inner loops: adapters trained together share
+    one wall time, counted once per batch (``timing.train_seconds``).
+    """
+    timing = {f.name: 0.0 for f in fields(PassageTiming)}
+    for record in records:
+        if record.timing is not None:
+            for name, value in asdict(record.timing).items():
+                timing[name] += value
+    train_flops = adapter_training_flops(n_params, int(timing["processed_tokens"]))
+    return {
+        "experiment": "knowledge_single_passage",
+        "model": model,
+        "n_passages": len(records),
+        "conditions": summarize(records),
+        "truncated": truncation_summary(records),
+        "wall_seconds_this_invocation": round(wall_seconds, 1),
+        "adapt_seconds": round(timing["train_seconds"], 1),
+        "timing": {
+            **{k: round(v, 1) for k, v in timing.items() if k.endswith("seconds")},
+            "processed_tokens": int(timing["processed_tokens"]),
+            "n_params": n_params,
+            "train_flops": train_flops,
+            "train_flops_per_second": train_flops / timing["train_seconds"] if timing["train_seconds"] else None,
+        },
+        "self_edit_stats": {
+            condition: summarize_self_edit_stats(
+                run.self_edit_stats
+                for r in records
+                for run in r.conditions.get(condition, [])
+                if run.self_edit_stats is not None
+            )
+            for condition in ("self_edit", "external")
+            if any(condition in r.conditions for r in records)
+        },
     }
 
 

@@ -11,8 +11,9 @@ A ReST-EM run directory::
         eval.yaml  eval/  summary.json
       round_<k>/
         estep.yaml               the E-step as a ``seal predict`` config (runs alone too)
-        estep/                   its run dir: self_edits.rank*.jsonl, passages/edits shards, results.json
-        self_edits.jsonl         every self-edit: prompt, completion, reward, components, seed
+        estep/                   its run dir: the E-step module's record shards and results.json
+        <scored>.jsonl           every self-edit, prompt, completion, reward, seed, as its domain scored
+                                 it (knowledge self_edits.jsonl, ARC arc_scored_self_edits.jsonl)
         sft.jsonl                the kept (prompt, completion) pairs
         filter.json              reward statistics and how many were kept
         timing.json              wall seconds of each stage as it ran
@@ -33,11 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from seal_pl.records import POLICY_MARKER, Record
+from seal_pl.rundir import is_multiprocess  # noqa: F401  (re-exported: stage configs and trainers)
+
 STAGE_COMMANDS = {"estep": "predict", "sft": "fit", "eval": "test"}
 """The ``seal`` subcommand that runs each stage."""
 
-POLICY_MARKER = "seal_policy.json"
-"""Written by :class:`PolicySFTModule` after the merged policy is saved: the M-step is finished."""
 
 DEVICE_KEYS = frozenset(
     {
@@ -77,9 +79,9 @@ class RoundLayout:
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage
 
-    @property
-    def self_edits(self) -> Path:
-        return self.root / "self_edits.jsonl"
+    def scored_self_edits(self, kind: type[Record]) -> Path:
+        """The round's scored self-edits, in the file of the domain's record kind (``<stem>.jsonl``)."""
+        return kind.merged(self.root)
 
     @property
     def sft_set(self) -> Path:
@@ -135,15 +137,6 @@ def finished_rounds(run_dir: str | Path) -> list[int]:
     return out
 
 
-def is_multiprocess(trainer: dict[str, Any]) -> bool:
-    """Whether a trainer config asks for more than one process (then a stage runs as its own command)."""
-    devices = trainer.get("devices", 1)
-    single = devices in (1, "1", None) or (isinstance(devices, list | tuple) and len(devices) == 1)
-    strategy = str(trainer.get("strategy") or "auto").lower()  # a name, or a class_path section (DDPStrategy)
-    spread = any(word in strategy for word in ("ddp", "fsdp", "deepspeed"))
-    return not single or int(trainer.get("num_nodes") or 1) > 1 or spread
-
-
 def _with_init_args(section: dict[str, Any], **init_args: Any) -> dict[str, Any]:
     out = copy.deepcopy(section)
     out.setdefault("init_args", {})
@@ -195,22 +188,6 @@ def semantic_config(config: dict[str, Any]) -> dict[str, Any]:
         if isinstance(section, dict):
             section["trainer"] = strip(section.get("trainer"))
     return out
-
-
-def heldout_metrics(domain: str, results: dict[str, Any]) -> dict[str, float | None]:
-    """The held-out numbers of an evaluation's ``results.json``.
-
-    Knowledge: accuracy per condition (``no_adaptation``, ``passage_only``, ``self_edit``, ...);
-    ARC: success rate over (task, self-edit) pairs and task accuracy.
-    """
-    if domain == "knowledge":
-        return {name: row["accuracy"] for name, row in results.get("conditions", {}).items()}
-    return {"success_rate": results.get("success_rate"), "task_accuracy": results.get("task_accuracy")}
-
-
-def headline(domain: str, metrics: dict[str, float | None]) -> float | None:
-    """The one held-out number per round: self-edit accuracy (knowledge) or success rate (ARC)."""
-    return metrics.get("self_edit" if domain == "knowledge" else "success_rate")
 
 
 def run_results(run_dir: str | Path) -> dict[str, Any]:

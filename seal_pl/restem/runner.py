@@ -6,9 +6,11 @@ One round (spec 1.10 and 2.8):
    context (a passage, an ARC task); each goes through the shared inner loop and gets its reward
    (knowledge: adapted closed-book accuracy averaged over T inner-loop seeds; ARC: 1 iff the task
    is solved after TTT with that self-edit). The E-step module appends one record per self-edit as
-   each context finishes; the runner merges them into ``round_<k>/self_edits.jsonl``.
-2. **Filter**: best-of-K per passage (optionally only with a minimum gain) or every ARC success,
-   written to ``round_<k>/sft.jsonl``, with reward statistics in ``filter.json``.
+   each context finishes; the runner has the domain collect them into one typed record per
+   self-edit, ``round_<k>/<stem>.jsonl`` of the domain's kind (:mod:`seal_pl.records`).
+2. **Filter**: the domain's (:class:`~seal_pl.pipelines.restem.ReSTEMDomain`): best-of-K per
+   passage (optionally only with a minimum gain, without copies) or every ARC success, written to
+   ``round_<k>/sft.jsonl``, with reward statistics and the domain's evidence in ``filter.json``.
 3. **M-step** (``seal fit``): :class:`~seal_pl.lightning.PolicySFTModule` fine-tunes the policy on
    the kept (prompt, completion) pairs and saves the merged model to ``round_<k>/policy``: the
    policy and the learner of the next round. With nothing kept the policy stays as it was.
@@ -54,24 +56,17 @@ import yaml
 
 from seal_pl.errors import USER_ERROR_EXIT, UserError
 from seal_pl.pipelines.restem import (
-    GAIN_FIELDS,
+    FilterOptions,
     GainBaseline,
-    arc_self_edits,
-    knowledge_round_evidence,
-    knowledge_self_edits,
-    paired_difference,
-    question_scores,
+    ReSTEMDomain,
+    domain_of_class,
     reward_statistics,
-    select,
 )
-from seal_pl.records import read_all, read_records, rewrite_records, write_json
+from seal_pl.records import ScoredSelfEdit, SFTExample, read_typed, rewrite_typed, write_json
 from seal_pl.restem.layout import (
     STAGE_COMMANDS,
     RoundLayout,
-    headline,
-    heldout_metrics,
     input_policy,
-    is_multiprocess,
     read_json,
     run_results,
     semantic_config,
@@ -80,6 +75,7 @@ from seal_pl.restem.layout import (
 from seal_pl.rundir import (
     RunStopped,
     forwarding_stops,
+    is_multiprocess,
     lock_run_dir,
     raise_if_stopped,
     stop_signal_of,
@@ -133,19 +129,15 @@ def _resolve_class(class_path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def domain_of(model_section: dict[str, Any]) -> str:
-    """``knowledge`` or ``arc``, from the E-step module's class."""
-    from seal_pl.lightning.arc import ARCTTTModule
-    from seal_pl.lightning.knowledge import KnowledgeIncorporationModule
-
-    cls = _resolve_class(model_section["class_path"])
-    if issubclass(cls, KnowledgeIncorporationModule):
-        return "knowledge"
-    if issubclass(cls, ARCTTTModule):
-        return "arc"
-    raise ReSTEMConfigError(
-        f"estep.model must be a KnowledgeIncorporationModule or an ARCTTTModule, got {model_section['class_path']}"
-    )
+def domain_of(model_section: dict[str, Any]) -> ReSTEMDomain:
+    """The domain the E-step (or evaluation) module's class names (its ``restem_domain``)."""
+    try:
+        return domain_of_class(_resolve_class(model_section["class_path"]))
+    except TypeError:
+        raise ReSTEMConfigError(
+            f"{model_section['class_path']} cannot run a ReST-EM stage: its class names no ReST-EM domain "
+            "(restem_domain); use a KnowledgeIncorporationModule or an ARCTTTModule"
+        ) from None
 
 
 class ReSTEMRun:
@@ -180,6 +172,10 @@ class ReSTEMRun:
         max_copied_line_share: knowledge: leave out self-edits more than this share of whose
             lines are copied from the passage before picking the best (reference: null, none left
             out). A copy teaches what ``passage_only`` does; it wins only on reward noise.
+
+    The domain-specific steps (collecting the E-step's records, the filter, held-out numbers,
+    comparisons) belong to the domain the E-step module names
+    (:class:`~seal_pl.pipelines.restem.ReSTEMDomain`).
         evaluate_base: also evaluate the base model (``base/``) before round 0.
         estep_start_stride: round ``k`` reads its E-step contexts from ``data.init_args.start +
             k * estep_start_stride`` (fresh passages every round); 0 uses the same every round.
@@ -208,8 +204,6 @@ class ReSTEMRun:
     ):
         if rounds < 0:
             raise ReSTEMConfigError("rounds must be >= 0")
-        if top_k < 1:
-            raise ReSTEMConfigError("top_k must be >= 1")
         if launcher not in ("auto", "inprocess", "subprocess"):
             raise ReSTEMConfigError(f"unknown launcher {launcher!r}")
         self.estep = _stage(estep)
@@ -227,6 +221,12 @@ class ReSTEMRun:
         self.evaluate_base = evaluate_base
         self.estep_start_stride = estep_start_stride
         self.launcher = launcher
+        try:
+            self.filter_options = FilterOptions(
+                top_k=top_k, min_gain=min_gain, gain_over=gain_over, max_copied_line_share=max_copied_line_share
+            )
+        except ValueError as error:
+            raise ReSTEMConfigError(str(error)) from None
         self.domain = domain_of(self.estep.model)
         self._check_sections()
         self._writer = None
@@ -256,26 +256,10 @@ class ReSTEMRun:
     def _check_sections(self) -> None:
         from seal_pl.lightning.policy_sft import PolicySFTModule
 
-        init = self.estep.model.get("init_args") or {}
-        if self.domain == "knowledge":
-            conditions = init.get("conditions")
-            if conditions is not None and "self_edit" not in conditions:
-                raise ReSTEMConfigError("estep: the knowledge module needs the self_edit condition")
-            if self.gain_over == "passage_only" and "passage_only" not in (conditions or []):
-                raise ReSTEMConfigError(
-                    "gain_over: passage_only needs the passage_only condition in estep.model.init_args.conditions"
-                )
-        elif init.get("mode") != "self_edit":
-            raise ReSTEMConfigError("estep: the ARC module must run in mode: self_edit")
-        if self.gain_over not in GAIN_FIELDS:
-            raise ReSTEMConfigError(f"gain_over must be one of {sorted(GAIN_FIELDS)}, got {self.gain_over!r}")
-        if self.min_gain is not None and self.domain != "knowledge":
-            raise ReSTEMConfigError("min_gain applies to the knowledge domain only")
-        if self.max_copied_line_share is not None:
-            if self.domain != "knowledge":
-                raise ReSTEMConfigError("max_copied_line_share applies to the knowledge domain only")
-            if not 0.0 <= self.max_copied_line_share <= 1.0:
-                raise ReSTEMConfigError(f"max_copied_line_share must be in [0, 1], got {self.max_copied_line_share}")
+        try:
+            self.domain.check(self.estep.model.get("init_args") or {}, self.filter_options)
+        except ValueError as error:
+            raise ReSTEMConfigError(str(error)) from None
         if not issubclass(_resolve_class(self.sft.model["class_path"]), PolicySFTModule):
             raise ReSTEMConfigError("sft.model must be a PolicySFTModule")
         for name, stage in (("estep", self.estep), ("sft", self.sft), ("eval", self.eval)):
@@ -297,7 +281,7 @@ class ReSTEMRun:
         sft_trainer = {**self.trainer, **self.sft.trainer}
         if sft_trainer.get("max_epochs") is None and sft_trainer.get("max_steps") in (None, -1):
             raise ReSTEMConfigError("set sft.trainer.max_epochs (or max_steps): Lightning's default is 1000 epochs")
-        if self.eval is not None and domain_of(self.eval.model) != self.domain:
+        if self.eval is not None and type(domain_of(self.eval.model)) is not type(self.domain):
             raise ReSTEMConfigError("eval.model must be of the same domain as estep.model")
 
     def stage_configs(self, index: int | None, policy: str) -> dict[str, dict[str, Any]]:
@@ -398,8 +382,17 @@ class ReSTEMRun:
         machine = self.run_dir / "machine.json"
         if machine.is_file():
             results["machine"] = read_json(machine)
-        if self.domain == "knowledge":
-            results["comparisons"] = knowledge_comparisons(self.run_dir, results, seed=self.seed_everything)
+        evaluations = [("base", RoundLayout.of(self.run_dir, None))] if (results.get("base") or {}).get("eval") else []
+        evaluations += [
+            (f"round_{s['round']}", RoundLayout.of(self.run_dir, s["round"]))
+            for s in results["rounds"]
+            if s.get("eval")
+        ]
+        comparisons = self.domain.comparisons(
+            [(name, layout.stage_dir("eval")) for name, layout in evaluations], seed=self.seed_everything
+        )
+        if comparisons:
+            results["comparisons"] = comparisons
         return results
 
     def _measure_machine(self) -> None:
@@ -441,7 +434,7 @@ class ReSTEMRun:
             heldout = self._evaluate(layout, eval_config)
         summary = {
             "round": index,
-            "domain": self.domain,
+            "domain": self.domain.name,
             "policy_in": policy_in,
             "policy_out": policy_out,
             "estep": stats,
@@ -455,46 +448,24 @@ class ReSTEMRun:
         write_json(self.run_dir / "results.json", self._results())
 
     # ------------------------------------------------------------------------------ steps
-    def _estep(self, layout: RoundLayout, config: dict[str, Any]) -> list[dict]:
-        if not layout.self_edits.is_file():
+    def _estep(self, layout: RoundLayout, config: dict[str, Any]) -> list[ScoredSelfEdit]:
+        path = layout.scored_self_edits(self.domain.scored)
+        if not path.is_file():
             self._run_stage("estep", layout, config)
-            stage_dir = layout.stage_dir("estep")
-            if self.domain == "knowledge":
-                records = knowledge_self_edits(read_all(stage_dir / "self_edits.rank*.jsonl"))
-            else:
-                records = arc_self_edits(
-                    read_all(stage_dir / "edits.rank*.jsonl"), read_all(stage_dir / "self_edits.rank*.jsonl")
-                )
-            rewrite_records(layout.self_edits, records)
-        return list(read_records(layout.self_edits))
+            rewrite_typed(path, self.domain.collect(layout.stage_dir("estep")))
+        return list(read_typed(path, self.domain.scored))
 
-    def _filter(self, layout: RoundLayout, records: list[dict]) -> tuple[list[dict], dict[str, Any]]:
+    def _filter(self, layout: RoundLayout, records: list[ScoredSelfEdit]) -> tuple[list[SFTExample], dict[str, Any]]:
         if not layout.filter_stats.is_file():
-            kept = select(
-                self.domain,
-                records,
-                top_k=self.top_k,
-                min_gain=self.min_gain,
-                gain_over=self.gain_over,
-                max_copied_line_share=self.max_copied_line_share,
-            )
+            kept = self.domain.select(records, self.filter_options)
             stats = reward_statistics(records, kept)
-            stats["contexts"] = len({r["context_id"] for r in records})
-            stats["contexts_kept"] = len({r["context_id"] for r in kept})
-            stats["rule"] = (
-                f"best {self.top_k} of K per passage"
-                + ("" if self.min_gain is None else f", gain over {self.gain_over} >= {self.min_gain}")
-                + ("" if self.max_copied_line_share is None else f", copied-line share <= {self.max_copied_line_share}")
-                if self.domain == "knowledge"
-                else "every solved (task, self-edit) pair"
-            )
-            if self.domain == "knowledge":
-                stats.update(knowledge_round_evidence(records, kept))
-            rewrite_records(layout.sft_set, kept)
+            stats["rule"] = self.domain.rule(self.filter_options)
+            stats.update(self.domain.evidence(records, kept))
+            rewrite_typed(layout.sft_set, kept)
             write_json(layout.filter_stats, stats)
-        return list(read_records(layout.sft_set)), read_json(layout.filter_stats)
+        return list(read_typed(layout.sft_set, SFTExample)), read_json(layout.filter_stats)
 
-    def _mstep(self, layout: RoundLayout, config: dict[str, Any], kept: list[dict]) -> dict[str, Any] | None:
+    def _mstep(self, layout: RoundLayout, config: dict[str, Any], kept: list[SFTExample]) -> dict[str, Any] | None:
         """Train the policy on the kept pairs; ``None`` when nothing was kept (the policy stays)."""
         if not kept:
             print(f"[restem] {layout.root.name}: nothing kept, the policy is not trained this round")
@@ -511,20 +482,15 @@ class ReSTEMRun:
 
     def _evaluate(self, layout: RoundLayout, config: dict[str, Any]) -> dict[str, Any]:
         self._run_stage("eval", layout, config)
-        results_path = layout.stage_dir("eval") / "results.json"
-        results = read_json(results_path)
-        metrics = heldout_metrics(self.domain, results)
-        heldout = {
+        eval_dir = layout.stage_dir("eval")
+        numbers = self.domain.heldout(eval_dir)
+        return {
             "model": config["model"]["init_args"]["model"],
-            "metrics": metrics,
-            "headline": headline(self.domain, metrics),
-            "results": str(results_path),
+            "metrics": numbers.metrics,
+            "headline": numbers.headline,
+            "results": str(eval_dir / "results.json"),
+            **numbers.extras,
         }
-        if self.domain == "knowledge":
-            heldout["self_edit_stats"] = (results.get("self_edit_stats") or {}).get("self_edit")
-            heldout["samples"] = heldout_samples(layout.stage_dir("eval"))
-            heldout["timing"] = results.get("timing")
-        return heldout
 
     def _round_timing(self, layout: RoundLayout) -> dict[str, Any]:
         """Wall seconds of each stage (as first run), the E-step's phases and its achieved FLOP/s."""
@@ -590,15 +556,15 @@ class ReSTEMRun:
     def _log_round(
         self,
         index: int,
-        records: list[dict],
-        kept: list[dict],
+        records: list[ScoredSelfEdit],
+        kept: list[SFTExample],
         stats: dict[str, Any],
         sft: dict[str, Any] | None,
         heldout: dict[str, Any] | None,
         timing: dict[str, Any],
     ) -> None:
         writer = self.writer
-        rewards = [float(r["reward"]) for r in records if r.get("reward") is not None]
+        rewards = [float(r.reward) for r in records if r.reward is not None]
         if rewards:
             import numpy as np
 
@@ -623,13 +589,8 @@ class ReSTEMRun:
                 writer.add_scalar(f"sft/loss_round_{index}", point["loss"], point["step"])
             if sft.get("final_loss") is not None:
                 writer.add_scalar("sft/final_loss", sft["final_loss"], index)
-        best = sorted(records, key=lambda r: -float(r["reward"] if r.get("reward") is not None else -1))
-        text = "\n\n".join(
-            f"**{r['id']}** reward {r['reward']}"
-            + (f", gain {r['gain']:+.3f}" if r.get("gain") is not None else "")
-            + f"\n\n```\n{r['completion']}\n```"
-            for r in best[:TEXT_SAMPLES]
-        )
+        best = sorted(records, key=lambda r: -float(r.reward if r.reward is not None else -1))
+        text = "\n\n".join(f"{self.domain.describe(r)}\n\n```\n{r.completion}\n```" for r in best[:TEXT_SAMPLES])
         if text:
             writer.add_text("estep/self_edits", text, index)
         self._log_heldout(index + 1, heldout)
@@ -637,7 +598,7 @@ class ReSTEMRun:
 
 def _seal(argv: list[str]) -> None:
     """Run a ``seal`` command in this process."""
-    from seal_pl.cli import main as seal_main
+    from seal_pl.stage_cli import main as seal_main
 
     with warnings.catch_warnings():
         # LightningCLI warns when it gets args while sys.argv holds the `seal restem` command line.
@@ -649,64 +610,6 @@ def _record_seconds(path: Path, key: str, seconds: float) -> None:
     timing = read_json(path) if path.is_file() else {}
     timing[key] = round(seconds, 1)
     write_json(path, timing)
-
-
-def heldout_samples(eval_dir: Path, n: int = 2) -> list[dict[str, Any]]:
-    """The first ``n`` held-out passages' self-edits (same passages every round) with their accuracy."""
-    records = {r["passage_id"]: r for r in read_all(eval_dir / "passages.rank*.jsonl")}
-    samples = []
-    for passage_id in sorted(records)[:n]:
-        runs = records[passage_id]["conditions"].get("self_edit") or []
-        if runs:
-            samples.append(
-                {
-                    "passage_id": passage_id,
-                    "accuracy": runs[0]["accuracy"],
-                    "completion": runs[0]["adaptation"]["completion"],
-                }
-            )
-    return samples
-
-
-def knowledge_comparisons(run_dir: Path, results: dict[str, Any], *, seed: int = 0) -> dict[str, Any]:
-    """Paired bootstrap intervals over the held-out questions.
-
-    ``self_edit_round_<k>_minus_base``: self_edit accuracy after round k minus the base policy's;
-    ``self_edit_minus_passage_only_<base|round_k>``: within one evaluation. The last round's are
-    also given as ``self_edit_last_minus_base`` and ``self_edit_minus_passage_only_last``.
-    """
-    evaluations = []
-    if results.get("base") and results["base"].get("eval"):
-        evaluations.append(("base", RoundLayout.of(run_dir, None)))
-    evaluations += [
-        (f"round_{s['round']}", RoundLayout.of(run_dir, s["round"])) for s in results["rounds"] if s.get("eval")
-    ]
-    scores = {}
-    for name, layout in evaluations:
-        path = layout.stage_dir("eval") / "predictions.jsonl"
-        if path.is_file():
-            predictions = list(read_records(path))
-            scores[name] = {c: question_scores(predictions, c) for c in ("self_edit", "passage_only")}
-    out: dict[str, Any] = {}
-    for name, by_condition in scores.items():
-        if by_condition["self_edit"] and by_condition["passage_only"]:
-            out[f"self_edit_minus_passage_only_{name}"] = paired_difference(
-                by_condition["self_edit"], by_condition["passage_only"], seed=seed
-            )
-        if name != "base" and "base" in scores and by_condition["self_edit"] and scores["base"]["self_edit"]:
-            out[f"self_edit_{name}_minus_base"] = paired_difference(
-                by_condition["self_edit"], scores["base"]["self_edit"], seed=seed
-            )
-    rounds = [name for name in scores if name != "base"]
-    if rounds:
-        last = rounds[-1]
-        for key, alias in (
-            (f"self_edit_{last}_minus_base", "self_edit_last_minus_base"),
-            (f"self_edit_minus_passage_only_{last}", "self_edit_minus_passage_only_last"),
-        ):
-            if key in out:
-                out[alias] = {**out[key], "round": last}
-    return out
 
 
 def _sft_summary(info: dict[str, Any] | None) -> dict[str, Any]:

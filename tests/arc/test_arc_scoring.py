@@ -5,6 +5,7 @@ import pytest
 
 from seal_pl.arc.augment import Rotate, Transpose
 from seal_pl.arc.inference import IDENTITY, InferenceView, build_inference_views, map_back, to_view
+from seal_pl.arc.records import CandidateScore
 from seal_pl.arc.scoring import (
     Candidate,
     candidate_text,
@@ -116,13 +117,8 @@ def test_ranking_by_total_log_likelihood_product_of_experts(make_task):
     assert [c.logprob for c in ranked] == [-9.0, -11.0, -150.0]
     assert ranked[0].view_logprobs == [-3.0, -3.0, -3.0]
     record = plan.to_record(views)
-    assert record["candidates"][0] == {
-        "grid": B.tolist(),
-        "votes": 1,
-        "logprob": -9.0,
-        "view_logprobs": [-3.0, -3.0, -3.0],
-    }
-    assert record["views"] == [0, 1, 2] and record["n_distinct"] == 3
+    assert record.candidates[0] == CandidateScore(grid=B.tolist(), votes=1, logprob=-9.0, view_logprobs=[-3.0] * 3)
+    assert record.views == [0, 1, 2] and record.n_distinct == 3 and record.n_rows == 9
     # The cap keeps the most voted (A, then B seen before C): C is never scored.
     calls.clear()
     capped = likelihood_vote(views, predictions, REPRESENTER, logprob, max_candidates=2)[2]

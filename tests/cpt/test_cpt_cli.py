@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from seal_pl.cli import main
 from seal_pl.knowledge.data import load_self_edits
@@ -28,8 +29,9 @@ TINY = [
 ]  # fmt: skip
 
 
-def run(run_dir: Path, *extra: str, config: str = "cpt_demo.yaml") -> dict:
-    main(["fit", "--config", str(ROOT / "configs/knowledge" / config), *TINY, "--run_dir", str(run_dir), *extra])
+def run(run_dir: Path, *extra: str, configs: tuple[str, ...] = ("cpt_demo.yaml",)) -> dict:
+    files = [arg for name in configs for arg in ("--config", str(ROOT / "configs/knowledge" / name))]
+    main(["fit", *files, *TINY, "--run_dir", str(run_dir), *extra])
     return json.loads((run_dir / "results.json").read_text())
 
 
@@ -51,37 +53,40 @@ def test_lora_cpt_end_to_end_and_resume(tmp_path, capsys):
     assert "baseline" in capsys.readouterr().out
 
     # Hand-over file: K self-edits per passage, readable as any self_edits_path.
-    edits = load_self_edits(run_dir / "self_edits.jsonl")
+    edits = load_self_edits(run_dir / "cpt_self_edits.jsonl")
     assert len(edits) == 3 and all(len(v) == 2 for v in edits.values())
-    texts = list(read_records(run_dir / "train_sequences.jsonl"))
+    texts = list(read_records(run_dir / "cpt_train_sequences.jsonl"))
     assert len(texts) == results["n_training_texts"] and {t["passage_id"] for t in texts} == set(edits)
     # The LoRA checkpoint holds the adapter only.
     checkpoint = torch.load(run_dir / "tensorboard/checkpoints/last.ckpt", weights_only=False)
     assert checkpoint["state_dict"] and all(".lora_" in k for k in checkpoint["state_dict"])
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    scalars = set(EventAccumulator(str(run_dir / "tensorboard")).Reload().Tags()["scalars"])
+    assert {"cpt/baseline_accuracy", "cpt/adapted_accuracy", "results/gain"} <= scalars
     trained_b = [v for k, v in checkpoint["state_dict"].items() if ".lora_B" in k]
     assert trained_b and any(torch.count_nonzero(v) for v in trained_b)  # the adapter was trained
-    predictions = read_all(run_dir / "predictions.jsonl")
+    predictions = read_all(run_dir / "cpt_predictions.jsonl")
     assert sorted(p["phase"] for p in predictions) == ["adapted"] * 20 + ["baseline"] * 20
 
     # Train longer in the same run directory: training resumes from last.ckpt; self-edits and
     # baseline answers are reused; the adapted answers are redone for the new weights.
-    self_edit_lines, eval_lines = lines(run_dir / "self_edits.rank0.jsonl"), lines(run_dir / "eval.rank0.jsonl")
+    self_edit_lines, eval_lines = lines(run_dir / "cpt_self_edits.rank0.jsonl"), lines(run_dir / "cpt_eval.rank0.jsonl")
     longer = run(run_dir, "--trainer.max_epochs", "2")
     assert longer["training"]["optimizer_steps"] == 2 * steps_one_epoch and longer["training"]["epochs"] == 2
-    assert lines(run_dir / "self_edits.rank0.jsonl") == self_edit_lines
-    assert lines(run_dir / "eval.rank0.jsonl") == eval_lines + 3
+    assert lines(run_dir / "cpt_self_edits.rank0.jsonl") == self_edit_lines
+    assert lines(run_dir / "cpt_eval.rank0.jsonl") == eval_lines + 3
     assert longer["baseline_accuracy"] == results["baseline_accuracy"]
 
     # A finished run re-run does nothing but rewrite its results.
     again = run(run_dir, "--trainer.max_epochs", "2")
-    assert lines(run_dir / "eval.rank0.jsonl") == eval_lines + 3
+    assert lines(run_dir / "cpt_eval.rank0.jsonl") == eval_lines + 3
     assert again["per_passage"] == longer["per_passage"]
 
 
 def test_full_finetune_and_passage_only(tmp_path):
     run_dir = tmp_path / "full"
-    results = run(run_dir, "--trainer.max_epochs", "1", "--model.init_args.lr", "1e-3", config="cpt_full_demo.yaml")
+    full = ("cpt_demo.yaml", "cpt_full_demo.yaml")  # full fine-tuning: an overlay on the LoRA demo
+    results = run(run_dir, "--trainer.max_epochs", "1", "--model.init_args.lr", "1e-3", configs=full)
     assert results["protocol"] == "full" and results["paper_version"] == "v2 (full fine-tuning)"
     checkpoint = torch.load(run_dir / "tensorboard/checkpoints/last.ckpt", weights_only=False)
     assert any(k.endswith("embed_tokens.weight") for k in checkpoint["state_dict"])
@@ -89,7 +94,7 @@ def test_full_finetune_and_passage_only(tmp_path):
 
     only = run(tmp_path / "passage", "--trainer.max_epochs", "1", "--data.init_args.k_completions", "0")
     assert only["self_edits"] == "none (passages only)" and only["n_training_texts"] == 3
-    assert not (tmp_path / "passage" / "self_edits.jsonl").exists()
+    assert not (tmp_path / "passage" / "cpt_self_edits.jsonl").exists()
 
 
 def test_external_self_edits_and_question_subset(tmp_path, capsys):
@@ -103,7 +108,7 @@ def test_external_self_edits_and_question_subset(tmp_path, capsys):
         "--data.init_args.eval_question_limit", "5",
     )  # fmt: skip
     assert results["self_edits"] == implications and results["n_questions"] == 5
-    sources = {r["source"] for r in read_records(run_dir / "self_edits.rank0.jsonl")}
+    sources = {r["source"] for r in read_records(run_dir / "cpt_self_edits.rank0.jsonl")}
     assert sources == {implications}
     with pytest.raises(SystemExit) as refused:  # a user error: one paragraph, exit 2
         run(tmp_path / "short", "--data.init_args.k_completions", "9", "--data.init_args.self_edits_path", implications)
@@ -127,12 +132,17 @@ def test_two_process_ddp_fit(tmp_path):
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(command, check=True, cwd=ROOT, env=env, capture_output=True, timeout=300)
-    for name in ("self_edits", "eval"):
+    for name in ("cpt_self_edits", "cpt_eval"):
         assert (run_dir / f"{name}.rank0.jsonl").is_file() and (run_dir / f"{name}.rank1.jsonl").is_file()
     results = json.loads((run_dir / "results.json").read_text())
     assert results["training"]["world_size"] == 2 and results["n_passages"] == 4
     per_rank = math.ceil(results["n_training_texts"] / 2)  # DistributedSampler: half the texts each
     assert results["training"]["optimizer_steps"] == math.ceil(math.ceil(per_rank / 4) / 2)
     assert results["phases"]["baseline"]["n_passages"] == results["phases"]["adapted"]["n_passages"] == 4
-    records = read_all(run_dir / "eval.rank*.jsonl")
+    records = read_all(run_dir / "cpt_eval.rank*.jsonl")
     assert len(records) == len({r["id"] for r in records}) == 8
+    # The logged accuracies are reduced over both ranks' answers: they equal the results' own.
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    for phase in ("baseline", "adapted"):
+        (logged,) = events.Scalars(f"cpt/{phase}_accuracy")
+        assert logged.value == pytest.approx(results[f"{phase}_accuracy"], abs=1e-6)

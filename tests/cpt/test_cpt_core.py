@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from seal_pl.knowledge.cpt_records import CPTEvalRecord
 from seal_pl.knowledge.data import Passage, Question
+from seal_pl.knowledge.records import GradedAnswer
 from seal_pl.knowledge.sequences import build_train_sequences
 from seal_pl.pipelines.cpt import (
     REFERENCE,
@@ -34,14 +36,14 @@ def test_pooled_texts_k_self_edits_each_then_passage_only():
     rows = pooled_training_texts([P1, P2], edits, 2, build)
     # The reference's count: N passages x K self-edits x (self-edit + passage) texts.
     assert len(rows) == 2 * 2 * 2
-    assert [r["text"] for r in rows[:2]] == ["Orvel Pass\ne1", "Orvel Pass\nOrvel Pass opened in 1903."]
-    assert [r["edit_index"] for r in rows] == [0, 0, 1, 1, 0, 0, 1, 1]
+    assert [r.text for r in rows[:2]] == ["Orvel Pass\ne1", "Orvel Pass\nOrvel Pass opened in 1903."]
+    assert [r.edit_index for r in rows] == [0, 0, 1, 1, 0, 0, 1, 1]
     only = pooled_training_texts([P1, P2], {}, 0, build)
-    assert [r["text"] for r in only] == [
+    assert [r.text for r in only] == [
         "Orvel Pass\nOrvel Pass opened in 1903.",
         "Ada Morrow\nAda Morrow kept the pass.",
     ]
-    assert all(r["edit_index"] is None for r in only)
+    assert all(r.edit_index is None for r in only)
     with pytest.raises(ValueError, match="p2.*2 self-edits, 3 needed"):
         pooled_training_texts([P1, P2], edits, 3, build)
 
@@ -65,15 +67,31 @@ def test_shard_and_chunks():
 
 
 def graded(*flags):
-    return [{"correct": flag} for flag in flags]
+    return [
+        GradedAnswer(question_id=f"q{i}", question="?", gold=["a"], prediction="a" if flag else "b", correct=flag,
+                     exact=flag, f1=float(flag))
+        for i, flag in enumerate(flags)
+    ]  # fmt: skip
+
+
+def evaluation(phase, passage, *flags):
+    step = 0 if phase == "baseline" else 7
+    return CPTEvalRecord(
+        id=CPTEvalRecord.id_of(phase, step, passage.id),
+        phase=phase,
+        global_step=step,
+        passage_id=passage.id,
+        title=passage.title,
+        questions=graded(*flags),
+    )
 
 
 def test_summary_baseline_adapted_gain_and_slices():
     records = [
-        {"phase": "baseline", "passage_id": "p1", "questions": graded(False)},
-        {"phase": "baseline", "passage_id": "p2", "questions": graded(True, False)},
-        {"phase": "adapted", "passage_id": "p1", "questions": graded(True)},
-        {"phase": "adapted", "passage_id": "p2", "questions": graded(False, True)},
+        evaluation("baseline", P1, False),
+        evaluation("baseline", P2, True, False),
+        evaluation("adapted", P1, True),
+        evaluation("adapted", P2, False, True),
     ]
     s = summarize_cpt(records, [P1, P2])
     assert s["baseline_accuracy"] == pytest.approx(1 / 3) and s["adapted_accuracy"] == pytest.approx(2 / 3)

@@ -6,12 +6,14 @@ from seal_pl.generation import HFGenerator
 from seal_pl.inner import AdapterBank, InnerLoopConfig, InnerLoopTrainer, LoRASpec
 from seal_pl.knowledge.data import Passage, Question
 from seal_pl.knowledge.grading import ContainsGrader
+from seal_pl.knowledge.records import PassageRecord
 from seal_pl.pipelines.knowledge import (
     KnowledgeIncorporation,
     KnowledgeSettings,
     SamplingParams,
     format_table,
-    self_edit_rewards,
+    prediction_records,
+    scored_self_edits,
     summarize,
 )
 
@@ -38,20 +40,25 @@ def test_conditions_repeats_and_rewards(tiny_model):
     record = pipeline.evaluate_passage(
         PASSAGE, conditions=["no_adaptation", "passage_only", "self_edit"], self_edits=edits, repeats=2
     )
-    runs = record["conditions"]
-    assert len(runs["no_adaptation"]) == 1
-    assert [r["repeat"] for r in runs["passage_only"]] == [0, 1]
-    assert sorted((r["edit_index"], r["repeat"]) for r in runs["self_edit"]) == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    empty = next(r for r in runs["self_edit"] if r["edit_index"] == 1)["adaptation"]
-    assert empty["completion_was_empty"] and empty["sequences"] == [
+    runs = record.conditions
+    assert len(runs["no_adaptation"]) == 1 and runs["no_adaptation"][0].adaptation is None
+    assert [r.repeat for r in runs["passage_only"]] == [0, 1]
+    assert sorted((r.edit_index, r.repeat) for r in runs["self_edit"]) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    empty = next(r for r in runs["self_edit"] if r.edit_index == 1).adaptation
+    assert empty.completion_was_empty and empty.sequences == [
         "Orvel Pass\nOrvel Pass opened in 1903. Its keeper was Ada Morrow."
     ]
-    rewards = self_edit_rewards(record)
-    assert [r["edit_index"] for r in rewards] == [0, 1]
+    assert runs["self_edit"][0].self_edit_stats["lines"] == 2.0 and runs["passage_only"][0].self_edit_stats is None
+    rewards = scored_self_edits(record, prompt="the prompt", seed=3)
+    assert [r.id for r in rewards] == ["p1/0", "p1/1"] and rewards[0].completion == edits[0]
     for reward in rewards:
-        assert len(reward["accuracy_per_seed"]) == 2
-        assert reward["reward"] == sum(reward["accuracy_per_seed"]) / 2
-        assert reward["gain"] == reward["reward"] - reward["baseline_accuracy"]
+        assert len(reward.accuracy_per_seed) == 2 and reward.seed == 3 and reward.prompt == "the prompt"
+        assert reward.reward == sum(reward.accuracy_per_seed) / 2
+        assert reward.gain == reward.reward - reward.baseline_accuracy
+        assert reward.gain_over_passage == reward.reward - reward.passage_only_accuracy
+    predictions = prediction_records(record)
+    assert len(predictions) == 2 * (1 + 2 + 4) and {p.condition for p in predictions} == set(runs)
+    assert PassageRecord.from_json(record.to_json()) == record  # the typed record survives JSON
     table = summarize([record])
     assert table["self_edit"]["n_runs"] == 4 and table["self_edit"]["n_questions"] == 8
     assert table["self_edit"]["empty_self_edits"] == 2

@@ -412,3 +412,25 @@ def test_local_judge_device_follows_the_rank(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert judge_device(None) == torch.device("cuda", 3)
+
+
+def test_exact_match_and_f1_agree_with_torchmetrics_squad():
+    """Our EM/F1 are SQuAD's: torchmetrics' SQuAD metric gives the same numbers on the same pairs."""
+    from torchmetrics.text import SQuAD
+
+    pairs = [
+        ("The Orvel Pass", ["Orvel Pass"]),
+        ("in 1903, I think", ["1903", "nineteen oh three"]),
+        ("Ada Morrow!", ["ada morrow"]),
+        ("a keeper named Ada", ["Ada Morrow"]),
+        ("nothing", ["Ada Morrow", "the keeper"]),
+        ("the keeper of the pass was Ada", ["keeper of the pass"]),
+    ]
+    for index, (prediction, golds) in enumerate(pairs):
+        ours = {"exact": 100.0 * exact_match(prediction, golds), "f1": 100.0 * f1(prediction, golds)}
+        theirs = SQuAD()(
+            [{"prediction_text": prediction, "id": str(index)}],
+            [{"answers": {"answer_start": [0] * len(golds), "text": golds}, "id": str(index)}],
+        )
+        assert float(theirs["exact_match"]) == pytest.approx(ours["exact"]), (prediction, golds)
+        assert float(theirs["f1"]) == pytest.approx(ours["f1"], abs=1e-4), (prediction, golds)

@@ -280,12 +280,12 @@ def test_compose_serves_the_sum_inside_its_context_and_the_base_after(fake_vllm,
     _assert_export_equals_model(Path(FakeLLM.instances[-1].kwargs["model"]), model)
 
 
-def _tiny_cli(command: str, config: str, run_dir: Path, adapters: Path, *extra: str) -> None:
+def _tiny_cli(command: str, configs: tuple[str, ...], run_dir: Path, adapters: Path, *extra: str) -> None:
     generator = {"class_path": "seal_pl.generation.vllm.VLLMGenerator", "init_args": {"adapter_dir": str(adapters)}}
     main(
         [
             command,
-            "--config", str(ROOT / "configs/knowledge" / config),
+            *(arg for name in configs for arg in ("--config", str(ROOT / "configs/knowledge" / name))),
             "--model.init_args.model", "tiny-random-llama",
             "--model.init_args.generator", json.dumps(generator),
             "--model.init_args.settings.self_edit_sampling.max_new_tokens", "12",
@@ -300,7 +300,7 @@ def _tiny_cli(command: str, config: str, run_dir: Path, adapters: Path, *extra: 
 def test_continual_merge_answers_every_row_with_the_merged_weights(fake_vllm, tmp_path):
     adapters = tmp_path / "adapters"
     _tiny_cli(
-        "test", "continual_demo.yaml", tmp_path / "run", adapters,
+        "test", ("demo.yaml", "continual_demo.yaml"), tmp_path / "run", adapters,
         "--model.init_args.inner.epochs", "1",
         "--data.init_args.n_sequences", "1",
         "--data.init_args.length", "2",
@@ -321,7 +321,7 @@ def test_continual_merge_answers_every_row_with_the_merged_weights(fake_vllm, tm
 def test_cpt_full_finetuning_answers_with_the_finetuned_weights(fake_vllm, tmp_path):
     run_dir, adapters = tmp_path / "full", tmp_path / "adapters"
     _tiny_cli(
-        "fit", "cpt_full_demo.yaml", run_dir, adapters,
+        "fit", ("cpt_demo.yaml", "cpt_full_demo.yaml"), run_dir, adapters,
         "--model.init_args.lr", "1e-3",
         "--data.init_args.limit", "3",
         "--data.init_args.k_completions", "2",

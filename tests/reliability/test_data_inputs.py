@@ -27,6 +27,7 @@ from seal_pl.inputs import DuplicateKeyError, format_location, loads_strict, req
 from seal_pl.knowledge.data import Passage, Question, SquadFormatError, load_passages, load_self_edits
 from seal_pl.knowledge.grading import ContainsGrader, is_gradable
 from seal_pl.knowledge.prompts import PromptTooLongError, fit_context
+from seal_pl.knowledge.records import Truncation
 from seal_pl.lightning.arc import ARCDataModule
 from seal_pl.lightning.knowledge import KnowledgeDataModule, SelfEditDistillDataModule
 from seal_pl.pipelines.knowledge import (
@@ -324,7 +325,9 @@ def test_prompts_and_sequences_that_fit_are_untouched(tiny_model, caplog):
 
 
 def _adaptation(sequences: list[str]) -> Adaptation:
-    return Adaptation("passage_only", 0, 0, "", sequences, True)
+    return Adaptation(
+        condition="passage_only", edit_index=0, repeat=0, completion="", sequences=sequences, completion_was_empty=True
+    )
 
 
 def test_a_long_self_edit_prompt_is_built_from_a_beginning_of_the_passage(tiny_model, caplog):
@@ -360,9 +363,9 @@ def test_evaluate_passage_records_what_was_cut(tiny_model, caplog):
             LONG, conditions=["passage_only", "self_edit"], self_edits=["fact1 is true."]
         )
         short = pipeline.evaluate_passage(SHORT, conditions=["passage_only"])
-    assert record["truncation"] == {"training_sequences": 1, "self_edit_prompt": True}
-    assert short["truncation"] == {"training_sequences": 0, "self_edit_prompt": False}
-    assert truncation_summary([record, short, {"passage_id": "old"}]) == {
+    assert record.truncation == Truncation(training_sequences=1, self_edit_prompt=True)
+    assert short.truncation == Truncation(training_sequences=0, self_edit_prompt=False)
+    assert truncation_summary([record, short]) == {
         "passages": 1,
         "training_passages": 1,
         "training_sequences": 1,

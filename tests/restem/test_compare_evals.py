@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
+
+from seal_pl.knowledge.records import PredictionRecord
+from seal_pl.records import rewrite_typed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,11 +23,22 @@ def _script():
 def _eval_dir(path: Path, verdicts: dict[str, list[bool]]) -> Path:
     path.mkdir(parents=True)
     rows = [
-        {"passage_id": "p", "question_id": f"q{i}", "condition": condition, "edit_index": 0, "correct": correct}
+        PredictionRecord(
+            passage_id="p",
+            condition=condition,
+            edit_index=0,
+            question_id=f"q{i}",
+            question="?",
+            gold=["a"],
+            prediction="a" if correct else "b",
+            correct=correct,
+            exact=correct,
+            f1=float(correct),
+        )
         for condition, values in verdicts.items()
         for i, correct in enumerate(values)
     ]
-    (path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rewrite_typed(PredictionRecord.merged(path), rows)
     return path
 
 

@@ -1,4 +1,4 @@
-"""ReST-EM bookkeeping without Lightning: round layout, policy chain, stage configs, E-step records."""
+"""ReST-EM bookkeeping without Lightning: round layout, policy chain, stage configs, trainer checks."""
 
 from __future__ import annotations
 
@@ -6,12 +6,9 @@ import json
 
 import pytest
 
-from seal_pl.pipelines.restem import arc_self_edits, best_of_k, knowledge_self_edits, reward_statistics, select
 from seal_pl.restem.layout import (
     RoundLayout,
     finished_rounds,
-    headline,
-    heldout_metrics,
     input_policy,
     is_multiprocess,
     run_results,
@@ -95,107 +92,12 @@ def test_semantic_config_ignores_rounds_and_hardware():
     assert semantic_config(base) != semantic_config(changed)
 
 
-def test_heldout_metrics():
-    knowledge = {"conditions": {"no_adaptation": {"accuracy": 0.0}, "self_edit": {"accuracy": 0.4}}}
-    metrics = heldout_metrics("knowledge", knowledge)
-    assert metrics == {"no_adaptation": 0.0, "self_edit": 0.4} and headline("knowledge", metrics) == 0.4
-    metrics = heldout_metrics("arc", {"success_rate": 0.25, "task_accuracy": 0.5})
-    assert headline("arc", metrics) == 0.25
-
-
-def test_knowledge_records_are_normalised_and_filtered():
-    shard = [
-        {
-            "id": f"p{p}/{k}",
-            "passage_id": f"p{p}",
-            "seed": p,
-            "prompt": f"P{p}",
-            "edit_index": k,
-            "completion": f"c{p}{k}",
-            "reward": r,
-            "accuracy_per_seed": [r],
-            "baseline_accuracy": 0.1,
-            "gain": r - 0.1,
-        }
-        for p, rewards in ((1, [0.2, 0.5, 0.5]), (0, [0.0, 0.1, 0.0]))
-        for k, r in enumerate(rewards)
-    ]
-    shard.append(dict(shard[0], reward=0.3, completion="rewritten"))  # a record written again on resume wins
-    records = knowledge_self_edits(shard)
-    assert [r["id"] for r in records] == ["p0/0", "p0/1", "p0/2", "p1/0", "p1/1", "p1/2"]
-    assert records[3]["completion"] == "rewritten" and records[3]["seed"] == 1
-    assert records[0]["components"] == {
-        "accuracy_per_seed": [0.0],
-        "baseline_accuracy": 0.1,
-        "gain": -0.1,
-        "passage_only_accuracy": None,  # the E-step ran no passage_only condition
-        "gain_over_passage": None,
-    }
-    kept = select("knowledge", records)
-    assert [r["completion"] for r in kept] == ["c01", "c11"]
-    assert [r["completion"] for r in select("knowledge", records, min_gain=0.05)] == ["c11"]
-    assert [r["completion"] for r in select("knowledge", records, top_k=2)] == ["c01", "c00", "c11", "c12"]
-    stats = reward_statistics(records, kept)
-    assert stats["n"] == 6 and stats["kept"] == 2 and stats["max"] == 0.5
-
-
-def test_arc_records_are_normalised_and_successes_kept():
-    edits = [
-        {
-            "id": "t/0",
-            "task_id": "t",
-            "edit_index": 0,
-            "prompt": [{"role": "user", "content": "x"}],
-            "completion": "{}",
-            "reward": 1,
-            "valid": True,
-            "trained": True,
-            "subtasks": [{"subtask_id": "t_0", "solved": True}],
-        },
-        {
-            "id": "t/1",
-            "task_id": "t",
-            "edit_index": 1,
-            "prompt": [{"role": "user", "content": "x"}],
-            "completion": "oops",
-            "reward": 0,
-            "valid": False,
-            "reason": "no json",
-            "subtasks": [],
-        },
-        {
-            "id": "u/0",
-            "task_id": "u",
-            "edit_index": 0,
-            "prompt": [{"role": "user", "content": "y"}],
-            "completion": "{}",
-            "reward": None,
-            "valid": True,
-            "subtasks": [],
-        },
-    ]
-    records = arc_self_edits(edits, [{"id": "t/0", "seed": 7}])
-    assert [r["seed"] for r in records] == [7, None, None]
-    assert records[0]["components"]["subtasks"] == {"t_0": True} and records[1]["components"]["reason"] == "no json"
-    kept = select("arc", records)
-    assert [r["id"] for r in kept] == ["t/0"]
-    stats = reward_statistics(records, kept)
-    assert stats["n"] == 3 and stats["n_scored"] == 2 and stats["mean"] == 0.5
-    with pytest.raises(ValueError):
-        select("chess", records)
-
-
-def test_best_of_k_rejects_bad_top_k():
-    with pytest.raises(ValueError):
-        best_of_k([], top_k=0)
-
-
 def test_bookkeeping_imports_neither_lightning_nor_torch():
     import subprocess
     import sys
 
     code = (
-        "import sys, seal_pl.restem.layout, seal_pl.pipelines.restem; "
+        "import sys, seal_pl.restem.layout, seal_pl.pipelines.restem, seal_pl.pipelines.knowledge_restem; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'torch'}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

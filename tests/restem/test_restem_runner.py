@@ -17,8 +17,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from seal_pl.arc.records import ArcEditRecord
 from seal_pl.cli import main
-from seal_pl.records import read_records
+from seal_pl.knowledge.records import KnowledgeSelfEdit, PassageRecord
+from seal_pl.pipelines.arc_restem import ArcScoredSelfEdit
+from seal_pl.records import SFTExample, read_records, read_typed
 from seal_pl.restem.runner import ReSTEMConfigError, run_from_args
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +51,7 @@ TINY_KNOWLEDGE = {
     "sft": {
         "model": {
             "class_path": "seal_pl.lightning.PolicySFTModule",
-            "init_args": {"lora_r": 4, "lora_alpha": 8, "lr": 1e-2},
+            "init_args": {"lora": {"r": 4, "alpha": 8}, "lr": 1e-2},
         },
         "data": {"class_path": "seal_pl.lightning.SFTDataModule", "init_args": {"batch_size": 2, "max_length": 4096}},
         "trainer": {"max_epochs": 1},
@@ -98,29 +101,29 @@ def test_knowledge_round_layout_results_and_plot(tmp_path, capsys, one_thread):
     main(["restem", "--config", str(config), "--run_dir", str(run_dir)])
 
     round_0 = run_dir / "round_0"
-    for name in ("estep.yaml", "sft.yaml", "eval.yaml", "self_edits.jsonl", "sft.jsonl", "filter.json", "summary.json"):
+    for name in (
+        "estep.yaml",
+        "sft.yaml",
+        "eval.yaml",
+        "self_edits.jsonl",
+        "sft.jsonl",
+        "filter.json",
+        "summary.json",
+    ):
         assert (round_0 / name).is_file(), name
     assert (round_0 / "estep/self_edits.rank0.jsonl").is_file() and (round_0 / "estep/config.yaml").is_file()
     assert (round_0 / "policy/model.safetensors").is_file() and (round_0 / "policy/seal_policy.json").is_file()
     assert (run_dir / "base/eval/results.json").is_file() and (run_dir / "config.yaml").is_file()
 
-    records = list(read_records(round_0 / "self_edits.jsonl"))
+    records = list(read_typed(round_0 / "self_edits.jsonl", KnowledgeSelfEdit))
     assert len(records) == 3 * 2  # 3 passages x K = 2
     for record in records:
-        assert {"id", "context_id", "edit_index", "seed", "prompt", "completion", "reward", "components"} <= set(record)
-        assert set(record["components"]) == {
-            "accuracy_per_seed",
-            "baseline_accuracy",
-            "gain",
-            "passage_only_accuracy",
-            "gain_over_passage",
-        }
-        assert record["gain_over_passage"] == pytest.approx(
-            record["reward"] - record["components"]["passage_only_accuracy"]
-        )
-        assert set(record["stats"]) == {"words", "lines", "entity_coverage", "copied_line_share"}
-    kept = list(read_records(round_0 / "sft.jsonl"))
-    assert len(kept) == 3 and {r["passage_id"] for r in kept} == {r["context_id"] for r in records}
+        assert record.seed is not None and record.prompt and record.context_id == record.passage_id
+        assert record.gain == pytest.approx(record.reward - record.baseline_accuracy)
+        assert record.gain_over_passage == pytest.approx(record.reward - record.passage_only_accuracy)
+        assert set(record.stats) == {"words", "lines", "entity_coverage", "copied_line_share"}
+    kept = list(read_typed(round_0 / "sft.jsonl", SFTExample))
+    assert len(kept) == 3 and {k.context_id for k in kept} == {r.context_id for r in records}
 
     # Each stage config runs alone and uses the round's model and paths.
     estep = yaml.safe_load((round_0 / "estep.yaml").read_text())
@@ -183,10 +186,7 @@ def snapshot(run_dir: Path) -> dict:
     """What a run computed: every round's self-edits, rewards, SFT set, filter and policy weights."""
     out = {}
     for round_dir in sorted(run_dir.glob("round_*")):
-        records = [
-            {k: r[k] for k in ("id", "seed", "completion", "reward", "components")}
-            for r in read_records(round_dir / "self_edits.jsonl")
-        ]
+        records = [{k: v for k, v in r.items() if k != "prompt"} for r in read_records(round_dir / "self_edits.jsonl")]
         summary = json.loads((round_dir / "summary.json").read_text())
         out[round_dir.name] = {
             "self_edits": records,
@@ -267,12 +267,12 @@ def test_two_process_round(tmp_path, monkeypatch):
         ]
     )
     round_0 = run_dir / "round_0"
-    shards = [list(read_records(round_0 / f"estep/passages.rank{rank}.jsonl")) for rank in (0, 1)]
+    shards = [list(read_typed(PassageRecord.shard(round_0 / "estep", rank), PassageRecord)) for rank in (0, 1)]
     assert all(shards), "both ranks scored passages"
-    ids = [r["passage_id"] for shard in shards for r in shard]
+    ids = [r.passage_id for shard in shards for r in shard]
     assert len(ids) == len(set(ids)) == 3  # disjoint slices covering every passage
-    records = list(read_records(round_0 / "self_edits.jsonl"))
-    assert len(records) == 3 * 2 and {r["context_id"] for r in records} == set(ids)
+    records = list(read_typed(round_0 / "self_edits.jsonl", KnowledgeSelfEdit))
+    assert len(records) == 3 * 2 and {r.context_id for r in records} == set(ids)
 
     sft = yaml.safe_load((round_0 / "sft/config.yaml").read_text())
     assert sft["trainer"]["strategy"] == "ddp" and sft["trainer"]["devices"] == 2
@@ -310,17 +310,18 @@ def test_arc_round_with_nothing_solved_keeps_the_policy(tmp_path, one_thread):
             "model": ARC_MODULE,
             "data": {"class_path": "seal_pl.lightning.arc.ARCDataModule", "init_args": {"task_ids": ["6150a2bd"]}},
         },
-        "sft": {"model": {"init_args": {"lora_r": 4}}, "trainer": {"max_epochs": 1}},
+        "sft": {"model": {"init_args": {"lora": {"r": 4}}}, "trainer": {"max_epochs": 1}},
     }
     path = tmp_path / "arc.yaml"
     path.write_text(yaml.safe_dump(config))
     run_dir = tmp_path / "arc"
     main(["restem", "--config", str(path), "--run_dir", str(run_dir)])
-    records = list(read_records(run_dir / "round_0/self_edits.jsonl"))
-    assert [r["id"] for r in records] == ["6150a2bd/0", "6150a2bd/1"]
-    assert all(r["task_id"] == "6150a2bd" and r["seed"] is not None and "valid" in r["components"] for r in records)
+    records = list(read_typed(run_dir / "round_0/arc_scored_self_edits.jsonl", ArcScoredSelfEdit))
+    assert [r.id for r in records] == ["6150a2bd/0", "6150a2bd/1"]
+    assert all(r.task_id == "6150a2bd" and r.seed is not None and isinstance(r.valid, bool) for r in records)
+    assert len(list(read_typed(ArcEditRecord.merged(run_dir / "round_0/estep"), ArcEditRecord))) == 2
     summary = json.loads((run_dir / "round_0/summary.json").read_text())
-    assert summary["domain"] == "arc" and summary["estep"]["kept"] == sum(r["reward"] == 1 for r in records)
+    assert summary["domain"] == "arc" and summary["estep"]["kept"] == sum(r.reward == 1 for r in records)
     if summary["estep"]["kept"] == 0:
         assert summary["policy_out"] == "tiny-random-llama" and not summary["sft"]["trained"]
         assert not (run_dir / "round_0/policy").exists()

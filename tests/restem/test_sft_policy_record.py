@@ -23,7 +23,7 @@ def test_policy_record_truncated_pairs_and_save_dtype(tiny_checkpoint, tmp_path)
                 "fit",
                 "--model", "seal_pl.lightning.PolicySFTModule",
                 "--model.model", tiny_checkpoint,
-                "--model.lora_r", "4",
+                "--model.lora.r", "4",
                 "--model.save_dtype", "bfloat16",
                 "--data", "seal_pl.lightning.SFTDataModule",
                 "--data.path", str(sft),

@@ -1,0 +1,110 @@
+"""The policy SFT of the ReST-EM M-step, without Lightning: sequences, rows, the trainable policy.
+
+:class:`~seal_pl.lightning.PolicySFTModule` and :class:`~seal_pl.lightning.SFTDataModule` drive
+these: :func:`sft_sequence` builds prompt + completion with the loss on the completion only (under
+the chat template when the prompt is chat messages), :func:`sft_rows` tokenizes a file's pairs,
+:func:`trainable_policy` wraps the policy for LoRA (PEFT) or full fine-tuning, and
+:func:`policy_info` is what ``seal_policy.json`` records about a saved policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from seal_pl.errors import OptionError
+from seal_pl.generation.base import render_prompt
+from seal_pl.inner.lora import LoRASpec
+from seal_pl.inner.sequences import TokenizedSequence, TrainSequence, tokenize_sequence
+
+SFT_LORA = LoRASpec(
+    r=64,
+    alpha=128.0,
+    dropout=0.0,
+    target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+)
+"""The policy SFT's default adapter: the reference knowledge M-step (r 64, alpha 128, all projections)."""
+
+
+def sft_sequence(tokenizer, prompt, completion: str) -> TrainSequence:
+    """Prompt + completion as one sequence whose loss starts at the completion.
+
+    A chat prompt (list of messages) is rendered with the chat template and the completion is
+    closed with the template's end-of-turn text; a plain prompt is followed by the completion and EOS.
+    """
+    text, templated = render_prompt(tokenizer, prompt)
+    if templated:
+        full = tokenizer.apply_chat_template(
+            list(prompt) + [{"role": "assistant", "content": completion}], tokenize=False
+        )
+        if full.startswith(text):
+            return TrainSequence(full, completion_start=len(text), templated=True)
+        start = full.rfind(completion)
+        return TrainSequence(full, completion_start=max(0, start), templated=True)
+    eos = tokenizer.eos_token or ""
+    return TrainSequence(text + completion + eos, completion_start=len(text), templated=False)
+
+
+def sft_rows(
+    tokenizer, records: Sequence[dict[str, Any]], *, max_length: int, source: str
+) -> tuple[list[TokenizedSequence], int]:
+    """The tokenized rows of ``{"prompt", "completion"}`` records and how many were left out (no
+    completion token within ``max_length``); ``source`` names the file in errors."""
+    rows, dropped = [], 0
+    for index, record in enumerate(records):
+        if "prompt" not in record or "completion" not in record:
+            raise ValueError(f"{source}: record {index + 1} needs 'prompt' and 'completion'")
+        sequence = sft_sequence(tokenizer, record["prompt"], record["completion"])
+        row = tokenize_sequence(tokenizer, sequence, loss_on="completion", max_length=max_length)
+        if row.n_loss_tokens == 0:
+            dropped += 1
+            continue
+        rows.append(row)
+    return rows, dropped
+
+
+def trainable_policy(policy, lora: LoRASpec | None, *, gradient_checkpointing: bool = False):
+    """The policy ready to train: a PEFT LoRA adapter with ``lora``, or every weight (``None``)."""
+    if gradient_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        policy.config.use_cache = False
+    if lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            layers_to_transform=block_indices(policy, lora.layers),
+        )
+        policy = get_peft_model(policy, config)
+    else:
+        policy.requires_grad_(True)
+    policy.train()
+    return policy
+
+
+def policy_info(trained_from: str, n_examples: int, steps: int, losses: Sequence[tuple[int, float]]) -> dict:
+    """``seal_policy.json``: what the policy was trained from, on how much, and every step's loss."""
+    return {
+        "trained_from": trained_from,
+        "n_examples": n_examples,
+        "optimizer_steps": steps,
+        "batches_rank0": len(losses),
+        "final_loss": losses[-1][1] if losses else None,
+        "losses": [{"step": step, "loss": loss} for step, loss in losses],
+    }
+
+
+def block_indices(model, layers: list[int] | None) -> list[int] | None:
+    """``LoRASpec.layers`` as PEFT's ``layers_to_transform`` (negative indices count from the top)."""
+    if layers is None:
+        return None
+    n_blocks = int(model.config.num_hidden_layers)
+    out = []
+    for index in layers:
+        if not -n_blocks <= index < n_blocks:
+            raise OptionError(f"lora.layers: block {index} out of range for a model with {n_blocks} blocks")
+        out.append(index % n_blocks)
+    return sorted(set(out))
