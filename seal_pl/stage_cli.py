@@ -187,13 +187,13 @@ def check_config_files(argv: list[str]) -> None:
             yaml.safe_load(text)
         except yaml.YAMLError as error:
             raise OptionError(f"config file {path} is not valid YAML: {' '.join(str(error).split())}") from None
+        bases = overlay_bases(text)
         earlier = {Path(p).name for p in paths[:index]}
-        missing = [base for base in overlay_bases(text) if Path(base).name not in earlier]
-        if missing:
+        if any(Path(base).name not in earlier for base in bases):
             folder = Path(path).parent
-            first = " ".join(f"--config {folder / Path(base).name}" for base in overlay_bases(text))
+            first = " ".join(f"--config {folder / Path(base).name}" for base in bases)
             raise OptionError(
-                f"config file {path} is an overlay on {' and '.join(overlay_bases(text))}: alone it would run "
+                f"config file {path} is an overlay on {' and '.join(bases)}: alone it would run "
                 f"with the modules' defaults. Give the config(s) it changes before it: {first} --config {path}"
             )
 

@@ -217,8 +217,8 @@ class KnowledgeIncorporationModule(InnerLoopModule):
         self.seed = seed
         self.inner_seeds = inner_seeds
         self.sampling_group = sampling_group
-        # Pooled accuracy (correct / questions), exact match and F1 per condition; Lightning
-        # computes them over every rank at the epoch's end.
+        # Pooled accuracy (correct / questions), exact match and F1 per condition, weighted by
+        # questions; reduced over every rank and logged at the end of the pass (``_end``).
         self.accuracy = torch.nn.ModuleDict({c: MeanMetric() for c in conditions})
         self.exact = torch.nn.ModuleDict({c: MeanMetric() for c in conditions})
         self.f1 = torch.nn.ModuleDict({c: MeanMetric() for c in conditions})

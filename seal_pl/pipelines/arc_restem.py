@@ -96,7 +96,6 @@ class ArcDomain(ReSTEMDomain):
 
     name = "arc"
     scored = ArcScoredSelfEdit
-    context = "task"
 
     def check(self, estep_init_args: dict[str, Any], options: FilterOptions) -> None:
         if estep_init_args.get("mode") != "self_edit":

@@ -141,7 +141,6 @@ class KnowledgeDomain(ReSTEMDomain):
 
     name = "knowledge"
     scored = KnowledgeSelfEdit
-    context = "passage"
 
     def check(self, estep_init_args: dict[str, Any], options: FilterOptions) -> None:
         conditions = estep_init_args.get("conditions")

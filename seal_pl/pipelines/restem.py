@@ -21,6 +21,7 @@ records, its E-step module with ``restem_domain``, its :class:`ReSTEMDomain`, an
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
@@ -66,37 +67,36 @@ class HeldOut:
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-class ReSTEMDomain:
-    """Base of a domain's outer-loop steps; subclasses set the class variables and define the steps."""
+class ReSTEMDomain(abc.ABC):
+    """Base of a domain's outer-loop steps; subclasses set the class variables and define the
+    abstract steps (``check``, ``evidence``, ``comparisons`` and ``describe`` have defaults)."""
 
     name: ClassVar[str] = ""
     scored: ClassVar[type[ScoredSelfEdit]] = ScoredSelfEdit
     """The record kind of the round's scored self-edits (``round_<k>/<its stem>.jsonl``)."""
-    context: ClassVar[str] = "context"
-    """What one E-step item is called in messages (``passage``, ``task``)."""
 
     def check(self, estep_init_args: dict[str, Any], options: FilterOptions) -> None:
         """Raise ``ValueError`` saying what to change for a config the domain cannot run."""
 
+    @abc.abstractmethod
     def collect(self, stage_dir: Path) -> list[ScoredSelfEdit]:
         """One scored record per self-edit of the E-step run directory ``stage_dir``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def select(self, records: Sequence[ScoredSelfEdit], options: FilterOptions) -> list[SFTExample]:
         """The SFT set of the round."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def rule(self, options: FilterOptions) -> str:
         """The filter in words (``filter.json``'s ``rule``)."""
-        raise NotImplementedError
 
     def evidence(self, records: Sequence[ScoredSelfEdit], kept: Sequence[SFTExample]) -> dict[str, Any]:
         """What the E-step found beyond the reward statistics (merged into ``filter.json``)."""
         return {}
 
+    @abc.abstractmethod
     def heldout(self, eval_dir: Path) -> HeldOut:
         """The numbers of the evaluation run directory ``eval_dir``."""
-        raise NotImplementedError
 
     def comparisons(self, evaluations: Sequence[tuple[str, Path]], *, seed: int = 0) -> dict[str, Any]:
         """Paired statistics over ``(name, eval_dir)`` evaluations, ``base`` first, then ``round_<k>``."""

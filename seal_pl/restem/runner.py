@@ -172,16 +172,16 @@ class ReSTEMRun:
         max_copied_line_share: knowledge: leave out self-edits more than this share of whose
             lines are copied from the passage before picking the best (reference: null, none left
             out). A copy teaches what ``passage_only`` does; it wins only on reward noise.
-
-    The domain-specific steps (collecting the E-step's records, the filter, held-out numbers,
-    comparisons) belong to the domain the E-step module names
-    (:class:`~seal_pl.pipelines.restem.ReSTEMDomain`).
         evaluate_base: also evaluate the base model (``base/``) before round 0.
         estep_start_stride: round ``k`` reads its E-step contexts from ``data.init_args.start +
             k * estep_start_stride`` (fresh passages every round); 0 uses the same every round.
         launcher: how stages run: ``inprocess``, ``subprocess`` (a ``python -m seal_pl`` command
             per stage), or ``auto``: a subprocess when the stage's trainer asks for more than one
             process (DDP), in this process otherwise.
+
+    The domain-specific steps (collecting the E-step's records, the filter, held-out numbers,
+    comparisons) belong to the domain the E-step module names
+    (:class:`~seal_pl.pipelines.restem.ReSTEMDomain`).
     """
 
     def __init__(
@@ -214,10 +214,6 @@ class ReSTEMRun:
         self.run_dir = Path(run_dir or f"runs/restem-{time.strftime('%Y%m%d-%H%M%S')}")
         self.trainer = dict(trainer or {})
         self.seed_everything = seed_everything
-        self.top_k = top_k
-        self.min_gain = min_gain
-        self.gain_over = gain_over
-        self.max_copied_line_share = max_copied_line_share
         self.evaluate_base = evaluate_base
         self.estep_start_stride = estep_start_stride
         self.launcher = launcher
@@ -241,10 +237,7 @@ class ReSTEMRun:
             "run_dir": str(self.run_dir),
             "trainer": self.trainer,
             "seed_everything": self.seed_everything,
-            "top_k": self.top_k,
-            "min_gain": self.min_gain,
-            "gain_over": self.gain_over,
-            "max_copied_line_share": self.max_copied_line_share,
+            **asdict(self.filter_options),
             "evaluate_base": self.evaluate_base,
             "estep_start_stride": self.estep_start_stride,
             "launcher": self.launcher,
@@ -382,15 +375,12 @@ class ReSTEMRun:
         machine = self.run_dir / "machine.json"
         if machine.is_file():
             results["machine"] = read_json(machine)
-        evaluations = [("base", RoundLayout.of(self.run_dir, None))] if (results.get("base") or {}).get("eval") else []
-        evaluations += [
-            (f"round_{s['round']}", RoundLayout.of(self.run_dir, s["round"]))
-            for s in results["rounds"]
-            if s.get("eval")
+        indices = [None] if (results.get("base") or {}).get("eval") else []
+        indices += [s["round"] for s in results["rounds"] if s.get("eval")]
+        evaluations = [
+            ("base" if k is None else f"round_{k}", RoundLayout.of(self.run_dir, k).stage_dir("eval")) for k in indices
         ]
-        comparisons = self.domain.comparisons(
-            [(name, layout.stage_dir("eval")) for name, layout in evaluations], seed=self.seed_everything
-        )
+        comparisons = self.domain.comparisons(evaluations, seed=self.seed_everything)
         if comparisons:
             results["comparisons"] = comparisons
         return results
