@@ -199,8 +199,26 @@ def train_adapters(
     }
 
 
+def one_gpu_env(device: str) -> dict[str, str]:
+    """The environment that shows a path's subprocess only its GPU (``cuda:N``): the reference path's
+    Hugging Face ``Trainer`` would otherwise wrap the model in ``DataParallel`` over every visible
+    GPU. The subprocess then addresses that GPU as ``cuda:0`` (:func:`subprocess_device`)."""
+    if not device.startswith("cuda"):
+        return {}
+    index = device.partition(":")[2] or "0"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    physical = visible.split(",")[int(index)] if visible else index
+    return {"CUDA_VISIBLE_DEVICES": physical.strip()}
+
+
+def subprocess_device(device: str) -> str:
+    """The device a path's subprocess uses: its only visible GPU, or the CPU."""
+    return "cuda:0" if device.startswith("cuda") else device
+
+
 def single(args) -> None:
     """Run one path in this process and print its JSON result."""
+    args.device = subprocess_device(args.device)
     edits = load_self_edits(args.edits)
     if args.path == "reference":
         result = run_reference(args.model, edits, args.epochs, args.lr, args.pad_to, args.device)
@@ -212,7 +230,7 @@ def single(args) -> None:
     if args.device.startswith("cuda"):
         import torch
 
-        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(torch.device(args.device)) / 2**20
     result["edits"] = len(edits)
     print("RESULT " + json.dumps(result))
 
@@ -269,7 +287,8 @@ def main() -> None:
             "--device",
             args.device,
         ]
-        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        env = {**os.environ, **one_gpu_env(args.device)}
+        output = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
         result = json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
         precision = "bf16" if "bf16" in path else "fp32"
         flops = adapter_training_flops(n_params, result["processed_tokens"]) / result["seconds"]

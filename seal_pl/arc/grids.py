@@ -562,15 +562,23 @@ def describe_selection(
     return str(base)
 
 
-def group_by_source(tasks: Iterable[Task], order: Literal["list", "size"] = "list") -> list[dict[str, Any]]:
-    """Subtasks grouped by source task: ``{"task_id", "subtasks": [Task, ...]}`` in first-seen order,
-    or (``order="size"``) tasks with fewer grid cells in their first subtask first."""
+@dataclass(frozen=True)
+class SourceTask:
+    """One source task with all its test subtasks: one item of the ARC data module."""
+
+    task_id: str
+    subtasks: tuple[Task, ...]
+
+
+def group_by_source(tasks: Iterable[Task], order: Literal["list", "size"] = "list") -> list[SourceTask]:
+    """Subtasks grouped by source task in first-seen order, or (``order="size"``) tasks with fewer
+    grid cells in their first subtask first."""
     grouped: dict[str, list[Task]] = {}
     for task in tasks:
         grouped.setdefault(task.source_id, []).append(task)
-    groups = [{"task_id": source, "subtasks": subtasks} for source, subtasks in grouped.items()]
+    groups = [SourceTask(source, tuple(subtasks)) for source, subtasks in grouped.items()]
     if order == "size":
-        groups.sort(key=lambda g: sum(grid.size for grid in g["subtasks"][0].grids()))
+        groups.sort(key=lambda g: sum(grid.size for grid in g.subtasks[0].grids()))
     return groups
 
 

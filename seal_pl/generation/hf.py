@@ -9,10 +9,13 @@ itself, so base weights changed in memory (merges, full fine-tuning) are used at
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import get_args
 
 import torch
 
+from seal_pl.errors import OptionError
 from seal_pl.generation.base import GeneratorBackend, Prompt, SamplingParams, cut_at_stop, render_prompt
+from seal_pl.models.loading import Precision
 from seal_pl.models.rng import seeded
 
 
@@ -24,7 +27,9 @@ class HFGenerator(GeneratorBackend):
         precision: ``fp32`` or ``bf16`` (autocast).
     """
 
-    def __init__(self, batch_size: int = 32, precision: str = "fp32"):
+    def __init__(self, batch_size: int = 32, precision: Precision = "fp32"):
+        if precision not in get_args(Precision):
+            raise OptionError(f"precision must be one of {', '.join(get_args(Precision))}, got {precision!r}")
         self.batch_size = batch_size
         self.precision = precision
 

@@ -21,9 +21,12 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from torch import nn
+
+LoRAKernel = Literal["auto", "grouped", "batched"]
 
 
 @dataclass
@@ -40,6 +43,14 @@ class LoRASpec:
         layers: indices of the transformer blocks to adapt (null = all; negative counts from the
             top). Adapting only upper blocks also shortens the backward pass, which stops at the
             lowest adapted block (PEFT's ``layers_to_transform``).
+        kernel: how an adapter bank applies rows routed to several slots: ``grouped`` (one low-rank
+            product per slot in use: few FLOPs, two small kernels per slot and layer), ``batched``
+            (every slot at once: two matmuls over the concatenated adapters and a slot mask, a
+            constant number of kernels whatever the number of slots, at ``slots`` times the
+            adapter FLOPs and two [tokens, slots x r] activations per layer kept for the backward
+            pass) or ``auto`` (batched on CUDA, where the per-slot kernels are launch-bound;
+            grouped elsewhere). Both give the same result within rounding. Used by
+            the adapter bank only (the policy SFT's PEFT adapter ignores it).
     """
 
     r: int = 32
@@ -48,8 +59,11 @@ class LoRASpec:
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     init_seed: int = 0
     layers: list[int] | None = None
+    kernel: LoRAKernel = "auto"
 
     def __post_init__(self) -> None:
+        if self.kernel not in get_args(LoRAKernel):
+            raise ValueError(f"LoRA kernel must be one of {', '.join(get_args(LoRAKernel))}, got {self.kernel!r}")
         if self.r < 1:
             raise ValueError(f"LoRA rank must be >= 1, got {self.r}")
         if not self.target_modules:
@@ -67,7 +81,8 @@ class _Routing:
     ``per_token``, of shape [batch, seq] (one slot per token: packed rows hold several self-edits);
     or ``None`` with ``single_slot`` set (every row uses that slot), or both ``None`` (adapters off).
     ``groups`` holds, with ``row_slots``, each used slot and the LongTensor of its row indices
-    (flat token indices when ``per_token``).
+    (flat token indices when ``per_token``); for the ``batched`` kernel, ``slot_mask`` holds instead
+    the one-hot slot of every row, [batch, 1, slots] (or every token, [batch, seq, slots]).
     """
 
     def __init__(self) -> None:
@@ -75,6 +90,13 @@ class _Routing:
         self.single_slot: int | None = None
         self.per_token = False
         self.groups: list[tuple[int, torch.Tensor]] = []
+        self.slot_mask: torch.Tensor | None = None
+
+    def state(self) -> tuple:
+        return self.row_slots, self.single_slot, self.per_token, self.groups, self.slot_mask
+
+    def restore(self, state: tuple) -> None:
+        self.row_slots, self.single_slot, self.per_token, self.groups, self.slot_mask = state
 
 
 class LoRALinear(nn.Module):
@@ -103,11 +125,11 @@ class LoRALinear(nn.Module):
             return result + update * self.scaling
         if routing.row_slots is None:
             return result
+        if routing.slot_mask is not None:
+            return result + self._all_slots(x, routing.slot_mask) * self.scaling
         # Rows (or tokens) grouped by slot: one dense low-rank product per used slot, added into its
         # rows. This touches only the adapters in use (no per-row copies of A and B, which made
-        # batched generation memory-bound). A variant computing all slots with two batched matmuls
-        # over a padded [slots, tokens, features] layout was measured slower for generation and no
-        # faster for training on the CPU.
+        # batched generation memory-bound). The default off CUDA.
         shape = result.shape
         if routing.per_token:
             x, result = x.reshape(-1, x.shape[-1]), result.reshape(-1, shape[-1])  # [batch*seq, features]
@@ -117,6 +139,16 @@ class LoRALinear(nn.Module):
             update = (x_rows @ a.t().to(x.dtype)) @ b.t().to(x.dtype)
             result = result.index_add(0, rows, update * self.scaling)
         return result.reshape(shape)
+
+    def _all_slots(self, x: torch.Tensor, slot_mask: torch.Tensor) -> torch.Tensor:
+        """Every slot's update at once, each row (token) keeping its own slot's: x [batch, seq, in],
+        slot_mask [batch, 1 or seq, slots] -> [batch, seq, out]."""
+        a = torch.cat(list(self.lora_A), 0).to(x.dtype)  # [slots*r, in]
+        b = torch.cat(list(self.lora_B), 1).to(x.dtype)  # [out, slots*r]
+        hidden = self.dropout(x) @ a.t()  # [batch, seq, slots*r]
+        slots, rank = slot_mask.shape[-1], a.shape[0] // slot_mask.shape[-1]
+        masked = hidden.unflatten(-1, (slots, rank)) * slot_mask.to(x.dtype).unsqueeze(-1)
+        return masked.flatten(-2) @ b.t()
 
 
 class AdapterBank:
@@ -136,6 +168,7 @@ class AdapterBank:
         self.slots = slots
         self.routing = _Routing()
         self.layers: dict[str, LoRALinear] = {}
+        self.kernel = spec.kernel
         self.versions = [0] * slots
         """Per slot, a counter raised whenever its weights may have changed (reset, load, training):
         a server of exported adapters re-exports a slot only when its version moved."""
@@ -259,6 +292,10 @@ class AdapterBank:
         per token ([batch, seq], for packed rows), or None (base model). Slot -1 means no adapter."""
         return _RouteContext(self, row_slots)
 
+    def batched_on(self, device: torch.device) -> bool:
+        """Whether rows routed to several slots use the batched kernel (see ``LoRASpec.kernel``)."""
+        return self.kernel == "batched" or (self.kernel == "auto" and device.type == "cuda")
+
     def _check_slot(self, slot: int) -> None:
         if not 0 <= slot < self.slots:
             raise IndexError(f"adapter slot {slot} out of range 0..{self.slots - 1}")
@@ -303,8 +340,8 @@ class _RouteContext:
 
     def __enter__(self) -> AdapterBank:
         routing = self.bank.routing
-        self.saved = (routing.row_slots, routing.single_slot, routing.per_token, routing.groups)
-        routing.row_slots, routing.single_slot, routing.per_token, routing.groups = None, None, False, []
+        self.saved = routing.state()
+        routing.restore((None, None, False, [], None))
         slots = self.row_slots
         if isinstance(slots, int):
             self.bank._check_slot(slots)
@@ -320,12 +357,17 @@ class _RouteContext:
                 device = next(iter(self.bank.layers.values())).base.weight.device
                 routing.row_slots = tensor.to(device)
                 routing.per_token = tensor.dim() == 2
-                flat = tensor.flatten()
-                routing.groups = [
-                    (int(slot), torch.nonzero(flat == slot).flatten().to(device)) for slot in distinct if slot >= 0
-                ]
+                if self.bank.batched_on(device):
+                    # one-hot over the slots; rows routed to -1 get an all-zero row (no adapter)
+                    one_hot = torch.nn.functional.one_hot(routing.row_slots.clamp(min=0), self.bank.slots)
+                    one_hot = one_hot * (routing.row_slots >= 0).unsqueeze(-1)
+                    routing.slot_mask = one_hot if routing.per_token else one_hot.unsqueeze(1)
+                else:
+                    flat = tensor.flatten()
+                    routing.groups = [
+                        (int(slot), torch.nonzero(flat == slot).flatten().to(device)) for slot in distinct if slot >= 0
+                    ]
         return self.bank
 
     def __exit__(self, *exc) -> None:
-        routing = self.bank.routing
-        routing.row_slots, routing.single_slot, routing.per_token, routing.groups = self.saved
+        self.bank.routing.restore(self.saved)

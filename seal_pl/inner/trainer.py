@@ -41,12 +41,12 @@ from seal_pl.inner.sequences import (
     tokenize_sequence,
 )
 from seal_pl.models.heads import decoder_and_head
+from seal_pl.models.loading import Precision
 from seal_pl.models.rng import seeded
 
 Schedule = Literal["linear", "cosine", "constant"]
 LossOn = Literal["all", "completion"]
 Padding = Literal["packed", "dynamic", "max_length"]
-Precision = Literal["fp32", "bf16"]
 CHOICES = {
     name: get_args(kind)
     for name, kind in (("schedule", Schedule), ("loss_on", LossOn), ("padding", Padding), ("precision", Precision))
@@ -236,7 +236,21 @@ def lr_lambda(schedule: str, total_steps: int, warmup: int):
     return factor
 
 
-_lr_lambda = lr_lambda  # the former private name (still imported by seal_pl.lightning.cpt)
+def scheduled_adamw(
+    params: Sequence[torch.nn.Parameter],
+    *,
+    lr: float,
+    weight_decay: float,
+    schedule: str,
+    total_steps: int,
+    warmup_ratio: float,
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over ``params`` with :func:`lr_lambda`'s schedule over ``total_steps`` optimizer steps
+    (at least 1), warm-up ``warmup_ratio`` of them: the optimizer of the policy SFT and of CPT."""
+    total = max(1, int(total_steps))
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, total, int(warmup_ratio * total)))
+    return optimizer, scheduler
 
 
 class InnerLoopTrainer:

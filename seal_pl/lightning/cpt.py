@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack
 from functools import partial
 from typing import Literal
 
@@ -44,12 +44,12 @@ from seal_pl.generation.base import GeneratorBackend
 from seal_pl.generation.hf import HFGenerator
 from seal_pl.inner.lora import AdapterBank, LoRASpec
 from seal_pl.inner.sequences import TrainSequence, collate, tokenize_sequence
-from seal_pl.inner.trainer import CHOICES, Schedule, _lr_lambda, check_choice, check_fraction, check_positive
+from seal_pl.inner.trainer import CHOICES, Schedule, check_choice, check_fraction, check_positive
 from seal_pl.inputs import require_selection
 from seal_pl.knowledge.cpt_records import CPTEvalRecord, CPTSelfEditRecord, CPTTrainText
 from seal_pl.knowledge.data import Passage, load_passages, select_passages, self_edits_for
 from seal_pl.knowledge.grading import ContainsGrader, Grader
-from seal_pl.lightning.base import RunDirModule
+from seal_pl.lightning.base import RunDirModule, scheduled_adamw_config
 from seal_pl.models.loading import Dtype
 from seal_pl.pipelines.cpt import (
     completions_by_passage,
@@ -65,7 +65,7 @@ from seal_pl.pipelines.cpt import (
     summarize_cpt,
 )
 from seal_pl.pipelines.knowledge import KnowledgeIncorporation, KnowledgeSettings
-from seal_pl.records import rewrite_typed, write_json
+from seal_pl.records import rewrite_typed
 
 Phase = Literal["baseline", "adapted"]
 
@@ -180,6 +180,8 @@ class ContinuedPretrainingModule(RunDirModule):
         seed: self-edit sampling seed; passage chunk ``c`` samples with ``seed + c``.
         self_edit_batch: passages per self-edit generation call (fixed chunks of the passage list,
             so the self-edits do not depend on the number of processes).
+        gradient_checkpointing: recompute each block's activations in the backward pass (less
+            memory, about a third more compute; the adapter stays routed through the backward).
     """
 
     def __init__(
@@ -197,6 +199,7 @@ class ContinuedPretrainingModule(RunDirModule):
         grader: Grader | None = None,
         seed: int = 0,
         self_edit_batch: int = 8,
+        gradient_checkpointing: bool = False,
     ):
         super().__init__()
         check_choice(protocol, "protocol", ("lora", "full"))
@@ -209,6 +212,8 @@ class ContinuedPretrainingModule(RunDirModule):
         self.generator = generator if generator is not None else HFGenerator()
         self.grader = grader if grader is not None else ContainsGrader()
         self.seed, self.self_edit_batch = seed, self_edit_batch
+        self.gradient_checkpointing = gradient_checkpointing
+        self._routed = ExitStack()
         self.loss_on = "completion" if self.settings.loss_after_marker else "all"
         # With LoRA the checkpoint holds only the adapter; the frozen weights come from ``model``.
         self.strict_loading = protocol == "full"
@@ -229,6 +234,8 @@ class ContinuedPretrainingModule(RunDirModule):
                 self.bank.train_mode(True)
             else:
                 self.lm.requires_grad_(True)
+            if self.gradient_checkpointing:
+                self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.generator.bind(self.lm, self.tokenizer, self.bank)
             # CPT trains through Lightning, not through the inner loop: the pipeline is used for its
             # prompts, sequence builder, answering and grading only.
@@ -268,24 +275,26 @@ class ContinuedPretrainingModule(RunDirModule):
         return completions_by_passage(self.read(CPTSelfEditRecord), passages, k)
 
     # --------------------------------------------------------------------------------- training
-    def _route(self):
-        return self.bank.route(0) if self.bank is not None else nullcontext()
+    def on_train_start(self) -> None:
+        # The adapter stays routed from the first step to the last: Lightning runs the backward pass
+        # outside ``training_step``, and a recomputed (checkpointed) block must see the adapter too.
+        if self.bank is not None:
+            self._routed.enter_context(self.bank.route(0))
+
+    def on_train_end(self) -> None:
+        self._routed.close()
+        if self.bank is not None:
+            self.bank.touch([0])  # trained outside the inner loop: a server of exported slots re-exports it
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        with self._route():
-            loss = self.lm(**batch).loss
+        loss = self.lm(**batch).loss
         self._n_train_tokens += int(batch["attention_mask"].sum())
         size = batch["input_ids"].size(0)
         self.log("cpt/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True, batch_size=size)
         return loss
 
     def configure_optimizers(self):
-        params = [p for p in self.lm.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.warmup_ratio * total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(self.schedule, total, warmup))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return scheduled_adamw_config(self, self.lm)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.protocol == "lora":
@@ -358,11 +367,9 @@ class ContinuedPretrainingModule(RunDirModule):
             training=self._training_facts(),
             wall_seconds=time.perf_counter() - self._started,
         )
-        write_json(self.run_dir / "results.json", results)
         header = f"CPT ({results['paper_version']}, {results['n_passages']} passages, K={dm.k_completions})"
-        text = format_cpt(summary, header)
-        self.report({key: results[key] for key in ("baseline_accuracy", "adapted_accuracy", "gain")}, text)
-        print(f"\n{text}\n\nresults: {self.run_dir / 'results.json'}")
+        scalars = {key: results[key] for key in ("baseline_accuracy", "adapted_accuracy", "gain")}
+        self.publish(results, scalars, format_cpt(summary, header))
 
     def _training_facts(self) -> dict:
         trainer = self.trainer

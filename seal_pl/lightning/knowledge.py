@@ -1,7 +1,7 @@
 """Knowledge incorporation under Lightning: the passage data modules and the evaluation module.
 
 ``seal test --config configs/knowledge/demo.yaml`` runs :class:`KnowledgeIncorporationModule` over
-the passages of :class:`KnowledgeDataModule`. The module is a recipe: each ``test_step`` takes one
+the passages of :class:`KnowledgeDataModule`. The module is a recipe: each step (``run_item``) takes one
 passage, gets its self-edits (sampled now or with its sampling group), hands the passage to the
 pipeline (:class:`~seal_pl.pipelines.knowledge.KnowledgeIncorporation`: adapters for every
 condition in one batched inner loop, closed-book answers, grades, self-edit statistics), logs the
@@ -45,7 +45,7 @@ from seal_pl.pipelines.knowledge import (
     unique_predictions,
 )
 from seal_pl.pipelines.knowledge_restem import KnowledgeDomain
-from seal_pl.records import rewrite_typed, write_json
+from seal_pl.records import SFTExample, rewrite_typed
 
 
 class KnowledgeDataModule(ItemDataModule):
@@ -135,15 +135,15 @@ class SelfEditDistillDataModule(SFTDataModule):
         self.start = start
         self.limit = limit
 
-    def pairs(self) -> list[dict]:
+    def pairs(self) -> list[SFTExample]:
         passages = selected_passages(self.passages_path, seed=self.seed, start=self.start, limit=self.limit)
         edits = self_edits_for(self.path, [p.id for p in passages])  # path: the self-edit file
         return [
-            {
-                "passage_id": p.id,
-                "prompt": passage_self_edit_prompt(p, self.prompt_style, self.chat_template),
-                "completion": completion,
-            }
+            SFTExample(
+                prompt=passage_self_edit_prompt(p, self.prompt_style, self.chat_template),
+                completion=completion,
+                context_id=p.id,
+            )
             for p in passages
             for completion in edits[p.id]
         ]
@@ -224,12 +224,10 @@ class KnowledgeIncorporationModule(InnerLoopModule):
         self.f1 = torch.nn.ModuleDict({c: MeanMetric() for c in conditions})
         self._samples: dict[str, SampledSelfEdits] = {}
         self.pipeline: KnowledgeIncorporation | None = None
-        self._done: set[str] = set()
-        self._started = 0.0
-        self._loss_step: dict[str, int] = {}
 
     restem_domain = KnowledgeDomain
     """Its ``seal restem`` steps: best-of-K self-edits per passage (:mod:`seal_pl.pipelines.knowledge_restem`)."""
+    item_record, item_key, item_what = PassageRecord, "passage_id", "passages"
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -237,35 +235,26 @@ class KnowledgeIncorporationModule(InnerLoopModule):
 
     # ---------------------------------------------------------------------------------- stages
     def _begin(self) -> None:
-        self._started = time.perf_counter()
-        self._done = self.finished(PassageRecord, "passage_id", "passages")
         self._samples = {sample.passage_id: sample for sample in self.read(SampledSelfEdits)}
 
-    def test_step(self, batch: list[PassageItem], batch_idx: int) -> None:
-        for item in batch:
-            self._evaluate(item)
+    def item_id(self, item: PassageItem) -> str:
+        return item.passage.id
 
-    def predict_step(self, batch: list[PassageItem], batch_idx: int) -> list[PassageRecord | None]:
-        return [self._evaluate(item) for item in batch]
-
-    def _evaluate(self, item: PassageItem) -> PassageRecord | None:
+    def run_item(self, item: PassageItem) -> PassageRecord:
         passage = item.passage
-        if passage.id in self._done:
-            return None
         # The passage's position in the data set, not the per-rank batch index: same seeds under DDP.
         position = item.index
         seed = self.seed + position
         self.pipeline.timing = PassageTiming()
         self_edits = self._self_edits(passage, position, seed) if "self_edit" in self.conditions else []
-        with torch.inference_mode(False):
-            record = self.pipeline.evaluate_passage(
-                passage,
-                conditions=self.conditions,
-                self_edits=self_edits,
-                external_edits=item.external,
-                seed=seed,
-                repeats=self.inner_seeds,
-            )
+        record = self.pipeline.evaluate_passage(
+            passage,
+            conditions=self.conditions,
+            self_edits=self_edits,
+            external_edits=item.external,
+            seed=seed,
+            repeats=self.inner_seeds,
+        )
         record.timing = self.pipeline.timing
         if self_edits:
             prompt = self.pipeline.self_edit_prompt(passage)
@@ -274,7 +263,6 @@ class KnowledgeIncorporationModule(InnerLoopModule):
         for prediction in prediction_records(record):
             self.write(prediction)
         self.write(record)
-        self._done.add(passage.id)
         self._log_passage(record)
         return record
 
@@ -306,21 +294,12 @@ class KnowledgeIncorporationModule(InnerLoopModule):
                     self.accuracy[condition].update(run.accuracy, weight=n)
                     self.exact[condition].update(sum(a.exact for a in run.questions) / n, weight=n)
                     self.f1[condition].update(sum(a.f1 for a in run.questions) / n, weight=n)
-        writer = self.tb()
-        if writer is None:
-            return
-        for condition, runs in record.conditions.items():
-            for run in runs:
-                if run.adaptation is None:
-                    continue
-                step = self._loss_step.get(condition, 0)
-                for offset, loss in enumerate(run.adaptation.losses):
-                    writer.add_scalar(f"inner_loss/{condition}", loss, step + offset)
-                self._loss_step[condition] = step + len(run.adaptation.losses)
-                if run.adaptation.losses:
-                    writer.add_scalar(f"final_inner_loss/{condition}", run.adaptation.losses[-1], len(self._done))
+                if run.adaptation is not None and run.adaptation.losses:
+                    self.log_curve(f"inner_loss/{condition}", run.adaptation.losses)
+                    self.log_curve(f"final_inner_loss/{condition}", run.adaptation.losses[-1:])
         sample = next(iter(record.conditions.get("self_edit", [])), None)
-        if sample is not None and sample.adaptation is not None:
+        writer = self.tb()
+        if writer is not None and sample is not None and sample.adaptation is not None:
             writer.add_text(
                 "self_edit_sample", f"**{record.title}**\n\n{sample.adaptation.completion}", len(self._done)
             )
@@ -344,7 +323,5 @@ class KnowledgeIncorporationModule(InnerLoopModule):
         results = knowledge_results(
             ordered, model=self.model_name, n_params=n_params, wall_seconds=time.perf_counter() - self._started
         )
-        write_json(self.run_dir / "results.json", results)
         table = results["conditions"]
-        self.report({f"accuracy_{condition}": row["accuracy"] for condition, row in table.items()}, format_table(table))
-        print("\n" + format_table(table) + f"\n\nresults: {self.run_dir / 'results.json'}")
+        self.publish(results, {f"accuracy_{c}": row["accuracy"] for c, row in table.items()}, format_table(table))

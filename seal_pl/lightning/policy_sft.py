@@ -29,10 +29,11 @@ from torch.utils.data import DataLoader
 from seal_pl.errors import OptionError
 from seal_pl.inner.lora import LoRASpec
 from seal_pl.inner.sequences import TokenizedSequence, collate
-from seal_pl.inner.trainer import CHOICES, Schedule, check_choice, check_fraction, check_positive, lr_lambda
+from seal_pl.inner.trainer import CHOICES, Schedule, check_choice, check_fraction, check_positive
+from seal_pl.lightning.base import scheduled_adamw_config
 from seal_pl.models.loading import DTYPES, Dtype, load_model_and_tokenizer
-from seal_pl.pipelines.sft import SFT_LORA, policy_info, sft_rows, sft_sequence, trainable_policy
-from seal_pl.records import POLICY_MARKER, read_records, write_json
+from seal_pl.pipelines.sft import SFT_LORA, policy_info, sft_examples, sft_rows, sft_sequence, trainable_policy
+from seal_pl.records import POLICY_MARKER, SFTExample, read_records, write_json
 
 __all__ = ["SFT_LORA", "PolicySFTModule", "SFTDataModule", "sft_sequence"]
 
@@ -57,21 +58,21 @@ class SFTDataModule(pl.LightningDataModule):
         self.rows: list[TokenizedSequence] = []
         self.pad_token_id = 0
 
-    def pairs(self) -> list[dict]:
-        """The ``{"prompt", "completion"}`` records to train on (here: the lines of ``path``)."""
-        records = list(read_records(self.path))
-        if not records:
+    def pairs(self) -> list[SFTExample]:
+        """The pairs to train on (here: the lines of ``path``)."""
+        examples = sft_examples(read_records(self.path), source=str(self.path))
+        if not examples:
             raise ValueError(f"{self.path}: the SFT set is empty (nothing was kept by the filter)")
-        return records
+        return examples
 
     def setup(self, stage: str) -> None:
         tokenizer = self.trainer.lightning_module.tokenizer
         self.pad_token_id = tokenizer.pad_token_id
-        records = self.pairs()
-        self.rows, dropped = sft_rows(tokenizer, records, max_length=self.max_length, source=str(self.path))
+        examples = self.pairs()
+        self.rows, dropped = sft_rows(tokenizer, examples, max_length=self.max_length)
         if dropped:
             rank_zero_warn(
-                f"{self.path}: {dropped} of {len(records)} pairs have no completion token within max_length "
+                f"{self.path}: {dropped} of {len(examples)} pairs have no completion token within max_length "
                 f"{self.max_length} and are left out; raise data.init_args.max_length"
             )
         if not self.rows:
@@ -159,12 +160,7 @@ class PolicySFTModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.warmup_ratio * total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.schedule, total, warmup))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return scheduled_adamw_config(self, self.policy)
 
     def on_train_start(self) -> None:
         self.policy.train()

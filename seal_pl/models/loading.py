@@ -59,6 +59,8 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Precision = Literal["fp32", "bf16"]
+"""Compute precision of training and generation: fp32, or bf16 autocast."""
 """The dtypes a model can be loaded in (a config option type: ``--help`` lists them). ``auto``:
 bfloat16 on a CUDA device, float32 elsewhere (on CPUs without AMX, bf16 matmuls are slower than fp32)."""
 

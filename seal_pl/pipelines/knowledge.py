@@ -92,7 +92,9 @@ class KnowledgeSettings:
             rewrite, self-qa).
         chat_template: use chat-formatted prompts (instruct models); False uses the plain-text prompts
             that base models continue.
-        self_edit_sampling: decoding for self-edits (reference: temperature 1.0, top-p 0.95).
+        self_edit_sampling: decoding for self-edits (reference: temperature 1.0, top-p 0.95). Its
+            ``seed`` is not used: each passage (or sampling group) samples with a seed derived from
+            the module's ``seed`` (see ``KnowledgeIncorporationModule``).
         answer_max_new_tokens: answer budget (reference: 64, greedy).
         split_newlines: one training sequence per line / per question-answer block (reference: True).
         drop_preamble: drop a first line that introduces a numbered list.

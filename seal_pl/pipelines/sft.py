@@ -2,20 +2,21 @@
 
 :class:`~seal_pl.lightning.PolicySFTModule` and :class:`~seal_pl.lightning.SFTDataModule` drive
 these: :func:`sft_sequence` builds prompt + completion with the loss on the completion only (under
-the chat template when the prompt is chat messages), :func:`sft_rows` tokenizes a file's pairs,
+the chat template when the prompt is chat messages), :func:`sft_examples` reads a file's pairs (typed), :func:`sft_rows` tokenizes them,
 :func:`trainable_policy` wraps the policy for LoRA (PEFT) or full fine-tuning, and
 :func:`policy_info` is what ``seal_policy.json`` records about a saved policy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from seal_pl.errors import OptionError
 from seal_pl.generation.base import render_prompt
 from seal_pl.inner.lora import LoRASpec
 from seal_pl.inner.sequences import TokenizedSequence, TrainSequence, tokenize_sequence
+from seal_pl.records import SFTExample
 
 SFT_LORA = LoRASpec(
     r=64,
@@ -45,16 +46,26 @@ def sft_sequence(tokenizer, prompt, completion: str) -> TrainSequence:
     return TrainSequence(text + completion + eos, completion_start=len(text), templated=False)
 
 
-def sft_rows(
-    tokenizer, records: Sequence[dict[str, Any]], *, max_length: int, source: str
-) -> tuple[list[TokenizedSequence], int]:
-    """The tokenized rows of ``{"prompt", "completion"}`` records and how many were left out (no
-    completion token within ``max_length``); ``source`` names the file in errors."""
-    rows, dropped = [], 0
+def sft_examples(records: Iterable[dict[str, Any]], *, source: str) -> list[SFTExample]:
+    """The pairs of an SFT file: the filter's :class:`~seal_pl.records.SFTExample` records, or plain
+    ``{"prompt", "completion"}`` objects written by hand; ``source`` names the file in errors."""
+    examples = []
     for index, record in enumerate(records):
-        if "prompt" not in record or "completion" not in record:
+        if not isinstance(record, dict) or "prompt" not in record or "completion" not in record:
             raise ValueError(f"{source}: record {index + 1} needs 'prompt' and 'completion'")
-        sequence = sft_sequence(tokenizer, record["prompt"], record["completion"])
+        if "kind" in record:
+            examples.append(SFTExample.from_json(record, f"{source}: record {index + 1}"))
+        else:
+            examples.append(SFTExample(prompt=record["prompt"], completion=record["completion"]))
+    return examples
+
+
+def sft_rows(tokenizer, examples: Sequence[SFTExample], *, max_length: int) -> tuple[list[TokenizedSequence], int]:
+    """The tokenized rows of the pairs and how many were left out (no completion token within
+    ``max_length``)."""
+    rows, dropped = [], 0
+    for example in examples:
+        sequence = sft_sequence(tokenizer, example.prompt, example.completion)
         row = tokenize_sequence(tokenizer, sequence, loss_on="completion", max_length=max_length)
         if row.n_loss_tokens == 0:
             dropped += 1

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny_cli import tiny_knowledge_argv
 
 from seal_pl.cli import RunDirConflictError, main
 from seal_pl.records import read_all
@@ -14,28 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(run_dir: Path, *extra: str) -> None:
-    main(
-        [
-            "test",
-            "--config",
-            str(ROOT / "configs/knowledge/demo.yaml"),
-            "--model.init_args.model",
-            "tiny-random-llama",
-            "--model.init_args.inner.epochs",
-            "1",
-            "--model.init_args.settings.self_edit_sampling.max_new_tokens",
-            "12",
-            "--model.init_args.settings.answer_max_new_tokens",
-            "6",
-            "--data.init_args.limit",
-            "2",
-            "--trainer.enable_progress_bar",
-            "false",
-            "--run_dir",
-            str(run_dir),
-            *extra,
-        ]
-    )
+    main(tiny_knowledge_argv(run_dir, "--data.init_args.limit", "2", *extra, new_tokens=12, answer_tokens=6))
 
 
 def test_knowledge_table_end_to_end_and_resume(tmp_path, capsys):
@@ -85,30 +65,9 @@ def test_two_process_ddp_shards_and_merges(tmp_path):
     import sys
 
     run_dir = tmp_path / "ddp"
-    command = [
-        sys.executable,
-        "-m",
-        "seal_pl",
-        "test",
-        "--config",
-        str(ROOT / "configs/knowledge/demo.yaml"),
-        "--config",
-        str(ROOT / "configs/trainer/ddp_cpu.yaml"),
-        "--model.init_args.model",
-        "tiny-random-llama",
-        "--model.init_args.inner.epochs",
-        "1",
-        "--model.init_args.settings.self_edit_sampling.max_new_tokens",
-        "8",
-        "--model.init_args.settings.answer_max_new_tokens",
-        "4",
-        "--data.init_args.limit",
-        "3",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--run_dir",
-        str(run_dir),
-    ]
+    configs = ("configs/knowledge/demo.yaml", "configs/trainer/ddp_cpu.yaml")
+    argv = tiny_knowledge_argv(run_dir, "--data.init_args.limit", "3", configs=configs)
+    command = [sys.executable, "-m", "seal_pl", *argv]
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(command, check=True, cwd=ROOT, env=env, capture_output=True, timeout=600)
     assert (run_dir / "passages.rank0.jsonl").is_file() and (run_dir / "passages.rank1.jsonl").is_file()

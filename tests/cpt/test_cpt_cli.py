@@ -8,12 +8,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from seal_pl.cli import main
+from seal_pl.generation import HFGenerator
 from seal_pl.knowledge.data import load_self_edits
 from seal_pl.records import read_all, read_records
 
@@ -81,6 +83,46 @@ def test_lora_cpt_end_to_end_and_resume(tmp_path, capsys):
     again = run(run_dir, "--trainer.max_epochs", "2")
     assert lines(run_dir / "cpt_eval.rank0.jsonl") == eval_lines + 3
     assert again["per_passage"] == longer["per_passage"]
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(tmp_path):
+    """Checkpointed blocks are recomputed in the backward pass with the adapter still routed: the
+    trained adapter equals the one trained without checkpointing."""
+    plain = run(tmp_path / "plain", "--trainer.max_epochs", "1")
+    checkpointed = run(
+        tmp_path / "ckpt", "--trainer.max_epochs", "1", "--model.init_args.gradient_checkpointing", "true"
+    )
+    assert checkpointed["training"]["optimizer_steps"] == plain["training"]["optimizer_steps"] > 0
+    adapters = [
+        torch.load(tmp_path / name / "tensorboard/checkpoints/last.ckpt", weights_only=False)["state_dict"]
+        for name in ("plain", "ckpt")
+    ]
+    assert adapters[0].keys() == adapters[1].keys()
+    for key in adapters[0]:
+        torch.testing.assert_close(adapters[1][key], adapters[0][key], rtol=1e-4, atol=1e-6)
+    assert any(torch.count_nonzero(v) for k, v in adapters[1].items() if ".lora_B" in k)
+    assert checkpointed["per_passage"] == plain["per_passage"]
+
+
+class SlotVersionProbe(HFGenerator):
+    """Generates as ``HFGenerator`` and records the adapter slot versions each call saw."""
+
+    seen: ClassVar[list[tuple[list[int] | None, list[int]]]] = []
+
+    def generate(self, prompts, params, adapter_slots=None):
+        slots = None if adapter_slots is None else [int(s) for s in adapter_slots if s is not None]
+        SlotVersionProbe.seen.append((slots, list(self.bank.versions)))
+        return super().generate(prompts, params, adapter_slots=adapter_slots)
+
+
+def test_lora_training_marks_the_slot_changed_for_adapter_servers(tmp_path):
+    """A backend serving exported adapters (vLLM) re-exports a slot only when its version moved: the
+    adapted answers must see slot 0's version moved past what the baseline answers saw."""
+    SlotVersionProbe.seen = []
+    run(tmp_path / "run", "--trainer.max_epochs", "1", "--model.init_args.generator", "test_cpt_cli.SlotVersionProbe")
+    baseline = [versions[0] for slots, versions in SlotVersionProbe.seen if not slots]
+    adapted = [versions[0] for slots, versions in SlotVersionProbe.seen if slots and set(slots) == {0}]
+    assert baseline and adapted and min(adapted) > max(baseline)
 
 
 def test_full_finetune_and_passage_only(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -38,3 +39,18 @@ def test_bench_inner_loop_runs_every_path(tmp_path):
     reference = payload["rows"][0]
     # The reference pads to 64 with loss on pads: it processes more tokens than it trains on.
     assert reference["achieved_gflops"] > 0 and "vs ref" in printed
+
+
+def test_a_benchmark_path_sees_only_its_gpu(monkeypatch):
+    """The reference path's HF Trainer would wrap every visible GPU in DataParallel: each path's
+    subprocess is shown only the GPU asked for, and addresses it as cuda:0."""
+    spec = importlib.util.spec_from_file_location("bench_inner_loop", ROOT / "scripts/bench_inner_loop.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert bench.one_gpu_env("cpu") == {} and bench.subprocess_device("cpu") == "cpu"
+    assert bench.one_gpu_env("cuda") == {"CUDA_VISIBLE_DEVICES": "0"}
+    assert bench.one_gpu_env("cuda:3") == {"CUDA_VISIBLE_DEVICES": "3"}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    assert bench.one_gpu_env("cuda:1") == {"CUDA_VISIBLE_DEVICES": "6"}
+    assert bench.subprocess_device("cuda:1") == "cuda:0"

@@ -8,6 +8,7 @@ import torch
 from seal_pl.errors import OptionError
 from seal_pl.inner import AdapterBank, AdaptJob, InnerLoopConfig, InnerLoopTrainer, LoRASpec, TrainSequence
 from seal_pl.inner.sequences import IGNORE_INDEX, collate, tokenize_sequence
+from seal_pl.inner.trainer import scheduled_adamw
 from seal_pl.models.loading import load_model_and_tokenizer
 
 ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -324,3 +325,17 @@ def test_lora_layers_selects_blocks_and_exports_them(tiny_model, tmp_path):
     bank.remove()
     with pytest.raises(ValueError, match="out of range"):
         AdapterBank(model, LoRASpec(r=4, target_modules=["q_proj"], layers=[n_blocks]))
+
+
+def test_scheduled_adamw_warms_up_then_decays_to_zero():
+    param = torch.nn.Parameter(torch.zeros(2))
+    optimizer, scheduler = scheduled_adamw(
+        [param], lr=1.0, weight_decay=0.0, schedule="linear", total_steps=10, warmup_ratio=0.2
+    )
+    rates = []
+    for _ in range(10):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[:3] == [0.0, 0.5, 1.0]
+    assert rates[2:] == sorted(rates[2:], reverse=True) and rates[-1] == pytest.approx(1 / 8)

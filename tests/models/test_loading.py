@@ -7,6 +7,7 @@ import importlib.util
 import pytest
 import torch
 
+from seal_pl.errors import OptionError
 from seal_pl.generation import HFGenerator, SamplingParams
 from seal_pl.inner import AdapterBank, AdaptJob, InnerLoopConfig, InnerLoopTrainer, LoRASpec, TrainSequence
 from seal_pl.models import loading
@@ -86,3 +87,9 @@ def test_tf32_is_allowed_on_cuda_only_and_a_users_choice_is_kept():
         assert allow_tf32("cuda:1") and torch.get_float32_matmul_precision() == "medium"
     finally:
         torch.set_float32_matmul_precision(previous)
+
+
+def test_generator_precision_is_a_checked_choice():
+    assert HFGenerator(precision="bf16").precision == "bf16"
+    with pytest.raises(OptionError, match="precision must be one of fp32, bf16"):
+        HFGenerator(precision="fp16")

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tiny_cli import tiny_knowledge_argv
 
 from seal_pl.arc.grids import ARCFormatError, load_kaggle
 from seal_pl.cli import main
@@ -260,7 +261,7 @@ def test_arc_data_module_refuses_empty_selections(tmp_path):
     path = write(tmp_path / "c.json", {"abc": task(n_test=2), "def": task()})
     module = ARCDataModule(source="kaggle", challenges_path=str(path))
     module.setup()
-    assert [group["task_id"] for group in module.items()] == ["abc", "def"]
+    assert [group.task_id for group in module.items()] == ["abc", "def"]
     with pytest.raises(
         EmptySelectionError, match=r"c\.json: the selection \(limit=0\) selects no ARC tasks: it holds 2"
     ):
@@ -399,30 +400,16 @@ def seal(capsys, argv: list[str]) -> tuple[int, str]:
 
 
 def knowledge_argv(run_dir: Path, path: Path, *extra: str) -> list[str]:
-    return [
-        "test",
-        "--config",
-        str(REPO / "configs/knowledge/demo.yaml"),
-        "--model.init_args.model",
-        "tiny-random-llama",
+    return tiny_knowledge_argv(
+        run_dir,
         "--model.init_args.conditions",
         "[passage_only, self_edit]",
-        "--model.init_args.inner.epochs",
-        "1",
-        "--model.init_args.settings.self_edit_sampling.max_new_tokens",
-        "8",
-        "--model.init_args.settings.answer_max_new_tokens",
-        "4",
         "--data.init_args.path",
         str(path),
         "--data.init_args.self_edits_path",
         "null",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--run_dir",
-        str(run_dir),
         *extra,
-    ]
+    )
 
 
 def assert_refused(code: int, stderr: str, *named: str) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from tiny_cli import tiny_knowledge_argv
 
 from seal_pl.cli import RunDirConfig, main
 from seal_pl.records import read_records
@@ -36,20 +37,10 @@ from seal_pl.rundir import (
 
 ROOT = Path(__file__).resolve().parents[2]
 
-TINY_TEST = [
-    "--config",
-    str(ROOT / "configs/knowledge/demo.yaml"),
-    "--model.init_args.model",
-    "tiny-random-llama",
-    "--model.init_args.inner.epochs",
-    "1",
-    "--model.init_args.settings.self_edit_sampling.max_new_tokens",
-    "12",
-    "--model.init_args.settings.answer_max_new_tokens",
-    "6",
-    "--trainer.enable_progress_bar",
-    "false",
-]
+
+def tiny_test(run_dir: Path, *extra: str) -> list[str]:
+    return tiny_knowledge_argv(run_dir, *extra, new_tokens=12, answer_tokens=6)
+
 
 RESTEM_CONFIG = """
 model: tiny-random-llama
@@ -115,7 +106,7 @@ def released():
 # -------------------------------------------------------------------------------------- lock
 def test_second_run_is_refused_naming_the_holder(holder, tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
-        main(["test", *TINY_TEST, "--run_dir", str(holder.run_dir)])
+        main(tiny_test(holder.run_dir))
     assert stopped.value.code == 2
     err = " ".join(capsys.readouterr().err.split())  # the paragraph is wrapped
     assert "seal: error: the run directory" in err and f"pid {holder.pid} on host {HOST}" in err
@@ -277,7 +268,7 @@ def test_sigint_during_an_item_stops_after_it_and_a_second_stops_at_once(tmp_pat
 
 def test_sigterm_during_seal_test_stops_resumably(tmp_path):
     run_dir = tmp_path / "run"
-    args = ["test", *TINY_TEST, "--data.init_args.limit", "3", "--run_dir", str(run_dir)]
+    args = tiny_test(run_dir, "--data.init_args.limit", "3")
     command = [sys.executable, "-m", "seal_pl", *args]
     process = subprocess.Popen(command, cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     progress = run_dir / "passages.rank0.jsonl"

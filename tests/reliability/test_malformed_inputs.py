@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_cli import tiny_knowledge_argv
 
 from seal_pl.cli import main
 
@@ -56,30 +57,19 @@ def knowledge(tmp: Path, data=None, *extra: str, config: str = "configs/knowledg
     if data is None:
         data = [passage("p1"), passage("p2")]
     path = data if isinstance(data, Path) else write(tmp / "passages.json", data)
-    return [
-        "test",
-        "--config",
-        str(REPO / config),
-        "--model.init_args.model",
-        "tiny-random-llama",
+    return tiny_knowledge_argv(
+        tmp / "run",
         "--model.init_args.conditions",
         "[passage_only, self_edit]",
-        "--model.init_args.inner.epochs",
-        "1",
-        "--model.init_args.settings.self_edit_sampling.max_new_tokens",
-        "4",
-        "--model.init_args.settings.answer_max_new_tokens",
-        "2",
         "--data.init_args.path",
         str(path),
         "--data.init_args.self_edits_path",
         "null",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--run_dir",
-        str(tmp / "run"),
         *extra,
-    ]
+        configs=(config,),
+        new_tokens=4,
+        answer_tokens=2,
+    )
 
 
 def arc(tmp: Path, challenges=None, model: dict | None = None, **data) -> list[str]:

@@ -44,10 +44,10 @@ def test_distill_pairs_use_the_estep_prompt(distill_files, chat_template):
     settings = KnowledgeSettings(prompt_style="implications", chat_template=chat_template)
     estep = KnowledgeIncorporation(trainer=None, generator=None, grader=None, settings=settings)
     by_id = {p.id: p for p in load_passages(passages)}
-    assert [p["passage_id"] for p in pairs] == ["p0", "p1", "p2", "p3"]
+    assert [p.context_id for p in pairs] == ["p0", "p1", "p2", "p3"]
     for pair in pairs:
-        assert pair["prompt"] == estep.self_edit_prompt(by_id[pair["passage_id"]])
-        assert pair["completion"] == COMPLETIONS[pair["passage_id"]]
+        assert pair.prompt == estep.self_edit_prompt(by_id[pair.context_id])
+        assert pair.completion == COMPLETIONS[pair.context_id]
 
 
 def test_distill_refuses_a_passage_without_self_edit(distill_files, tmp_path):
@@ -66,7 +66,7 @@ def _completion_nll(model, tokenizer, pairs) -> float:
     with torch.no_grad():
         for pair in pairs:
             row = tokenize_sequence(
-                tokenizer, sft_sequence(tokenizer, pair["prompt"], pair["completion"]), loss_on="completion"
+                tokenizer, sft_sequence(tokenizer, pair.prompt, pair.completion), loss_on="completion"
             )
             ids = torch.tensor([row.input_ids])
             labels = torch.tensor([row.labels])

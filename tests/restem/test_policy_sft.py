@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from seal_pl.cli import main
 from seal_pl.inner.sequences import IGNORE_INDEX, tokenize_sequence
 from seal_pl.lightning.policy_sft import sft_sequence
 from seal_pl.models.loading import load_model_and_tokenizer
+from seal_pl.pipelines.sft import sft_examples
+from seal_pl.records import RecordKindError, SFTExample
 
 
 def test_sft_sequence_masks_the_prompt(tiny_model):
@@ -22,6 +25,16 @@ def test_sft_sequence_masks_the_prompt(tiny_model):
     plain = sft_sequence(tok, "Passage: x\nImplications:", " y")
     row = tokenize_sequence(tok, plain, loss_on="completion")
     assert tok.decode([i for i, l in zip(row.input_ids, row.labels) if l != IGNORE_INDEX]) == " y" + tok.eos_token
+
+
+def test_sft_examples_read_filter_records_and_hand_written_pairs():
+    kept = SFTExample(prompt=[{"role": "user", "content": "P"}], completion="c", id="e0", reward=0.5)
+    examples = sft_examples([kept.to_json(), {"prompt": "Q", "completion": "d"}], source="sft.jsonl")
+    assert examples == [kept, SFTExample(prompt="Q", completion="d")]
+    with pytest.raises(ValueError, match="sft.jsonl: record 2 needs 'prompt' and 'completion'"):
+        sft_examples([kept.to_json(), {"prompt": "Q"}], source="sft.jsonl")
+    with pytest.raises(RecordKindError, match="sft.jsonl: record 1: a 'scored' record"):
+        sft_examples([{**kept.to_json(), "kind": "scored"}], source="sft.jsonl")
 
 
 def test_seal_fit_trains_merges_and_saves_policy(tiny_checkpoint, tmp_path):
