@@ -32,6 +32,12 @@ class OptionError(UserError, ValueError):
     """A config or command-line value that cannot be used; the message names the option."""
 
 
+def check_choice(value: str, option: str, allowed: tuple[str, ...]) -> None:
+    """Refuse a value outside ``allowed``, naming ``option`` and what it accepts."""
+    if value not in allowed:
+        raise OptionError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
+
+
 class EmptySelectionError(UserError, ValueError):
     """A data selection (path, start, limit) that selects no item."""
 

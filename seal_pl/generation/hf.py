@@ -13,7 +13,7 @@ from typing import get_args
 
 import torch
 
-from seal_pl.errors import OptionError
+from seal_pl.errors import check_choice
 from seal_pl.generation.base import GeneratorBackend, Prompt, SamplingParams, cut_at_stop, render_prompt
 from seal_pl.models.loading import Precision
 from seal_pl.models.rng import seeded
@@ -28,8 +28,7 @@ class HFGenerator(GeneratorBackend):
     """
 
     def __init__(self, batch_size: int = 32, precision: Precision = "fp32"):
-        if precision not in get_args(Precision):
-            raise OptionError(f"precision must be one of {', '.join(get_args(Precision))}, got {precision!r}")
+        check_choice(precision, "precision", get_args(Precision))
         self.batch_size = batch_size
         self.precision = precision
 

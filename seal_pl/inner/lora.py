@@ -26,6 +26,8 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
+from seal_pl.errors import check_choice
+
 LoRAKernel = Literal["auto", "grouped", "batched"]
 
 
@@ -62,8 +64,7 @@ class LoRASpec:
     kernel: LoRAKernel = "auto"
 
     def __post_init__(self) -> None:
-        if self.kernel not in get_args(LoRAKernel):
-            raise ValueError(f"LoRA kernel must be one of {', '.join(get_args(LoRAKernel))}, got {self.kernel!r}")
+        check_choice(self.kernel, "LoRA kernel", get_args(LoRAKernel))
         if self.r < 1:
             raise ValueError(f"LoRA rank must be >= 1, got {self.r}")
         if not self.target_modules:
@@ -97,6 +98,10 @@ class _Routing:
 
     def restore(self, state: tuple) -> None:
         self.row_slots, self.single_slot, self.per_token, self.groups, self.slot_mask = state
+
+    def clear(self) -> None:
+        """Adapters off."""
+        self.restore((None, None, False, [], None))
 
 
 class LoRALinear(nn.Module):
@@ -168,7 +173,6 @@ class AdapterBank:
         self.slots = slots
         self.routing = _Routing()
         self.layers: dict[str, LoRALinear] = {}
-        self.kernel = spec.kernel
         self.versions = [0] * slots
         """Per slot, a counter raised whenever its weights may have changed (reset, load, training):
         a server of exported adapters re-exports a slot only when its version moved."""
@@ -294,7 +298,7 @@ class AdapterBank:
 
     def batched_on(self, device: torch.device) -> bool:
         """Whether rows routed to several slots use the batched kernel (see ``LoRASpec.kernel``)."""
-        return self.kernel == "batched" or (self.kernel == "auto" and device.type == "cuda")
+        return self.spec.kernel == "batched" or (self.spec.kernel == "auto" and device.type == "cuda")
 
     def _check_slot(self, slot: int) -> None:
         if not 0 <= slot < self.slots:
@@ -341,7 +345,7 @@ class _RouteContext:
     def __enter__(self) -> AdapterBank:
         routing = self.bank.routing
         self.saved = routing.state()
-        routing.restore((None, None, False, [], None))
+        routing.clear()
         slots = self.row_slots
         if isinstance(slots, int):
             self.bank._check_slot(slots)

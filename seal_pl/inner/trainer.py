@@ -29,7 +29,7 @@ from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat,
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from seal_pl.errors import OptionError
+from seal_pl.errors import OptionError, check_choice
 from seal_pl.inner.lora import AdapterBank
 from seal_pl.inner.sequences import (
     IGNORE_INDEX,
@@ -60,12 +60,6 @@ def check_positive(value: float, option: str, *, allow_zero: bool = False) -> No
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise OptionError(f"{option} must be {bound}, got {value!r}")
-
-
-def check_choice(value: str, option: str, allowed: tuple[str, ...]) -> None:
-    """Refuse a value outside ``allowed``, naming ``option`` and what it accepts."""
-    if value not in allowed:
-        raise OptionError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
 
 
 def check_fraction(value: float, option: str) -> None:

@@ -239,16 +239,18 @@ class InnerLoopModule(RunDirModule):
         self.generator.bind(self.lm, self.tokenizer, self.bank)
 
     def item_id(self, item) -> str:
-        """The id of a data-module item, as ``item_record.<item_key>`` holds it."""
-        raise NotImplementedError
+        """The id of a data-module item, as ``item_record.<item_key>`` holds it; every subclass defines it."""
+        raise TypeError(f"{type(self).__name__} must define item_id()")
 
     def run_item(self, item) -> Record:
-        """Process one unfinished item, write its records (``item_record`` last) and return that."""
-        raise NotImplementedError
+        """Process one unfinished item, write its records (``item_record`` last) and return that; every
+        subclass defines it."""
+        raise TypeError(f"{type(self).__name__} must define run_item()")
 
-    # Every pass over the items: ``_begin`` on each rank (the finished ids, to resume), one
-    # ``run_item`` per unfinished item between stop points, then once all ranks are done,
-    # ``_finish`` (merge the shards, write results) on rank 0.
+    # Every pass over the items: ``_begin`` on each rank (after the finished ids are read, to
+    # resume), one ``run_item`` per unfinished item between stop points, then once all ranks are
+    # done, ``_finish`` (merge the shards, write results) on rank 0. The hooks below are aliases of
+    # these wrappers, which call ``_begin``/``_end`` by name so that subclass overrides of those run.
     def _pass_start(self) -> None:
         self._started = time.perf_counter()
         self._done = self.finished(self.item_record, self.item_key, self.item_what)

@@ -84,7 +84,7 @@ def test_batched_kernel_trains_like_the_grouped_one(tiny_checkpoint, padding):
 def test_auto_kernel_is_batched_on_cuda_only(tiny_model):
     model, _ = tiny_model
     bank = AdapterBank(model, LoRASpec(r=2, target_modules=["q_proj"]), slots=2)
-    assert bank.kernel == "auto"
+    assert bank.spec.kernel == "auto"
     assert not bank.batched_on(torch.device("cpu")) and bank.batched_on(torch.device("cuda", 0))
     with pytest.raises(ValueError, match="LoRA kernel must be one of auto, grouped, batched"):
         LoRASpec(kernel="fast")
