@@ -415,7 +415,8 @@ class InnerLoopTrainer:
             dict(zip(on_device, torch.stack([step_loss[j].float() for j in on_device]).tolist())) if on_device else {}
         )
         for j in active:
-            results[j].losses.append(values.get(j, float(step_loss[j])))
+            # Not values.get(j, float(...)): the default would be read back for every job.
+            results[j].losses.append(values[j] if j in values else float(step_loss[j]))
             results[j].steps += 1
 
     def _padded_batch(self, members, tokenized) -> dict[str, torch.Tensor]:

@@ -339,3 +339,43 @@ def test_scheduled_adamw_warms_up_then_decays_to_zero():
         scheduler.step()
     assert rates[:3] == [0.0, 0.5, 1.0]
     assert rates[2:] == sorted(rates[2:], reverse=True) and rates[-1] == pytest.approx(1 / 8)
+
+
+def _counted_read(method):
+    """``method`` of a tensor, counting the call as a read of its values by the host."""
+
+    def counted(self, *args, **kwargs):
+        type(self).reads += 1
+        return method(self.as_subclass(torch.Tensor), *args, **kwargs)
+
+    return counted
+
+
+class _OnDevice(torch.Tensor):
+    """A tensor that counts every read of its values by the host (a device sync on a GPU)."""
+
+    reads = 0
+    item = _counted_read(torch.Tensor.item)
+    tolist = _counted_read(torch.Tensor.tolist)
+    nonzero = _counted_read(torch.Tensor.nonzero)
+    cpu = _counted_read(torch.Tensor.cpu)
+    numpy = _counted_read(torch.Tensor.numpy)
+    __float__ = _counted_read(torch.Tensor.__float__)
+    __int__ = _counted_read(torch.Tensor.__int__)
+    __bool__ = _counted_read(torch.Tensor.__bool__)
+
+
+@pytest.mark.parametrize("padding", ["packed", "dynamic"])
+def test_an_optimizer_step_reads_the_device_once(tiny_checkpoint, padding, monkeypatch):
+    # Everything computed from the model's output is marked; the step's losses of all jobs
+    # must come back to the host in one read, not one per job or per micro-batch.
+    _model, _tok, _bank, trainer = make(
+        load_model_and_tokenizer(tiny_checkpoint), slots=3, batch_size=1, grad_accum=2, padding=padding
+    )
+    token_losses = trainer._token_losses
+    monkeypatch.setattr(trainer, "_token_losses", lambda *a: token_losses(*a).as_subclass(_OnDevice))
+    _OnDevice.reads = 0
+    results = trainer.adapt([job(seed=1), job(TEXTS[:2], seed=2), job(TEXTS[1:], seed=3)])
+    steps = max(r.steps for r in results)
+    assert steps >= 2 and all(len(r.losses) == r.steps for r in results)
+    assert _OnDevice.reads == steps
