@@ -360,3 +360,17 @@ def test_help_mentions_restem(capsys):
     out = capsys.readouterr().out
     for option in ("--rounds", "--estep.model", "--sft.trainer", "--min_gain", "--launcher"):
         assert option in out
+
+
+def test_estep_start_stride_gives_each_round_fresh_contexts(tmp_path):
+    from seal_pl.restem.runner import ReSTEMRun
+
+    def estep_starts(stride: int) -> list:
+        estep = copy.deepcopy(TINY_KNOWLEDGE["estep"])
+        estep["data"]["init_args"]["start"] = 2
+        sections = {k: copy.deepcopy(TINY_KNOWLEDGE[k]) for k in ("sft", "trainer", "model", "rounds")}
+        run = ReSTEMRun(estep=estep, run_dir=str(tmp_path / f"stride{stride}"), estep_start_stride=stride, **sections)
+        return [run.stage_configs(k, "policy")["estep"]["data"]["init_args"]["start"] for k in range(3)]
+
+    assert estep_starts(0) == [2, 2, 2]
+    assert estep_starts(5) == [2, 7, 12]  # round k reads from start + k * stride
