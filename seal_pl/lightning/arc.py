@@ -1,27 +1,11 @@
 """Few-shot ARC under Lightning: the task data module and the TTT evaluation module.
 
-``seal test --config configs/arc/demo.yaml`` runs :class:`ARCTTTModule` over the tasks of
-:class:`ARCDataModule`. One batch item is one source task with all its test subtasks. The module
-is the recipe; the algorithm is :mod:`seal_pl.pipelines.arc`:
-
-1. ``setup``: load the model, build the :class:`~seal_pl.pipelines.arc.ARCPipeline` and the mode
-   object (``icl``: in-context baseline; ``fixed``: TTT with one fixed recipe, by default the
-   oracle; ``self_edit``: the model samples ``n_self_edits`` self-edits, each valid one is trained
-   and evaluated, reward 1 iff the task is solved with it), chosen once from ``mode``;
-2. each pass: read what the run directory holds (finished tasks, pairs and sampled self-edits);
-3. each task: hand it to the :class:`~seal_pl.pipelines.arc.TaskRunner`, which hands back every
-   record as soon as it is final; the module appends it to this rank's shard and logs it;
-4. at the end rank 0 merges the shards and writes ``results.json``, the Kaggle submissions
-   (:mod:`seal_pl.arc.results`) and the TensorBoard summary.
-
-Records (typed, :mod:`seal_pl.arc.records`), per rank: ``arc_self_edits.rank<r>.jsonl`` (every
-sampled self-edit), ``arc_edits.rank<r>.jsonl`` (one per (task, self-edit): the E-step records of
-ReST-EM, see :func:`~seal_pl.arc.records.read_estep`), ``arc_predictions.rank<r>.jsonl`` (one per
-(subtask, self-edit), with every view's output) and ``arc_tasks.rank<r>.jsonl`` (one per finished
-task); merged ``arc_edits.jsonl`` and ``arc_predictions.jsonl``. Re-running the same command
-resumes: finished tasks are skipped, and inside an unfinished task the recorded self-edits are
-reused and finished (task, self-edit) pairs are not redone. ``success_rate`` (mean reward over
-pairs) and ``task_accuracy`` are logged as torchmetrics means reduced over every rank.
+``seal test --config configs/arc/demo.yaml`` runs :class:`ARCTTTModule` over the source tasks of
+:class:`ARCDataModule`, one per step: the :class:`~seal_pl.pipelines.arc_tasks.TaskRunner` of the
+chosen ``mode`` (``icl``, ``fixed``, ``self_edit``) hands back every record of :mod:`seal_pl.arc.records`
+as soon as it is final, and the module appends it to this rank's shard and logs it. Re-running
+resumes (finished tasks, and inside a task its recorded self-edits and finished pairs); rank 0
+merges the shards and writes ``results.json`` and the Kaggle submissions (:mod:`seal_pl.arc.results`).
 """
 
 from __future__ import annotations
@@ -33,14 +17,13 @@ from typing import Literal
 import torch
 from torchmetrics import MeanMetric
 
-from seal_pl.arc.grids import SourceTask, describe_selection, group_by_source, load_selection, write_submission
+from seal_pl.arc.grids import SourceTask, selected_source_tasks, write_submission
 from seal_pl.arc.records import ArcEditRecord, ArcRun, ArcSelfEditRecord, ArcTaskRecord
 from seal_pl.arc.results import format_results, run_results, submissions
 from seal_pl.arc.self_edit import SelfEditConfig
 from seal_pl.generation.base import GeneratorBackend
 from seal_pl.inner.lora import LoRASpec
 from seal_pl.inner.trainer import InnerLoopConfig
-from seal_pl.inputs import check_start_limit, require_selection
 from seal_pl.lightning.base import InnerLoopModule, ItemDataModule
 from seal_pl.models.loading import Dtype
 from seal_pl.pipelines.arc import (
@@ -93,35 +76,20 @@ class ARCDataModule(ItemDataModule):
         super().__init__()
         if source == "kaggle" and not challenges_path:
             raise ValueError("source 'kaggle' needs challenges_path")
-        self.source = source
-        self.split = split
-        self.challenges_path = challenges_path
-        self.solutions_path = solutions_path
-        self.task_list = task_list
-        self.task_ids = task_ids
-        self.order = order
-        self.limit = limit
+        self.selection = {
+            "source": source,
+            "split": split,
+            "challenges_path": challenges_path,
+            "solutions_path": solutions_path,
+            "task_ids": task_ids,
+            "task_list": task_list,
+            "order": order,
+            "limit": limit,
+        }
         self.groups: list[SourceTask] = []
 
     def setup(self, stage: str | None = None) -> None:
-        check_start_limit(0, self.limit, what="ARC tasks")
-        tasks = load_selection(
-            self.source,
-            split=self.split,
-            challenges_path=self.challenges_path,
-            solutions_path=self.solutions_path,
-            task_ids=self.task_ids,
-            task_list=self.task_list,
-        )
-        groups = group_by_source(tasks, self.order)
-        self.groups = require_selection(
-            groups[: self.limit] if self.limit is not None else groups,
-            source=describe_selection(self.source, self.split, self.challenges_path, self.task_ids, self.task_list),
-            total=len(groups),
-            what="ARC tasks",
-            start=None,
-            limit=self.limit,
-        )
+        self.groups = selected_source_tasks(**self.selection)
 
     def items(self) -> list[SourceTask]:
         return list(self.groups)

@@ -1,24 +1,11 @@
 """Continual self-edits under Lightning: sequences of passages, a forgetting matrix, mitigations.
 
 ``seal test --config configs/knowledge/continual_demo.yaml`` runs :class:`ContinualSelfEditsModule`
-over the sequences of :class:`ContinualDataModule`. One test item is one sequence of M passages
-(the reference, spec 2.9). The module is the recipe; the experiment is
-:class:`seal_pl.pipelines.continual.ContinualRun`: from the exact base weights, row 0 answers every
-passage's questions, then for each passage in turn the current model writes one self-edit (or it is
-read from ``self_edits_path``), an adapter is trained on it, the strategy makes it part of the
-model (merge, by default, in memory: no server, no checkpoint), and the questions of every passage
-so far are answered again (row k). The strategy is injected by ``class_path``: ``Merge``
-(reference), ``Replay``, ``Route``, ``Compose``. The generator backend is told of every change of
-the base weights, so that a vLLM backend reloads its engine on the current weights.
-
-Records (typed, :mod:`seal_pl.knowledge.continual_records`) go to per-rank shards as each
-sequence finishes (``continual_sequences.rank<r>.jsonl``: the matrix, every step's self-edit,
-training texts, losses and times; ``continual_predictions.rank<r>.jsonl``: every answer of every
-row), so a killed run loses at most the sequence in progress and re-running the command skips
-finished sequences. At the end rank 0 merges them and writes ``results.json`` (mean and standard
-deviation over sequences per cell, the forgetting summary, the reference's numbers),
-``forgetting.png`` (redraw it with ``scripts/plot_forgetting.py``) and TensorBoard curves; the
-final-row and diagonal means are torchmetrics means reduced over every rank.
+over the sequences of :class:`ContinualDataModule`, one per step; the experiment is
+:class:`seal_pl.pipelines.continual.ContinualRun` with an injected strategy (``Merge``, ``Replay``,
+``Route``, ``Compose``). Each finished sequence's records (:mod:`seal_pl.knowledge.continual_records`)
+go to this rank's shards, so re-running resumes; rank 0 writes ``results.json`` (mean and spread per
+cell over sequences) and ``forgetting.png`` (``scripts/plot_forgetting.py`` redraws it).
 """
 
 from __future__ import annotations

@@ -1,28 +1,13 @@
 """Multi-passage continued pretraining (CPT) under Lightning: ``seal fit``, DDP-able.
 
 ``seal fit --config configs/knowledge/cpt_demo.yaml`` trains :class:`ContinuedPretrainingModule`
-on the pooled training texts of the N passages of :class:`CPTDataModule` (K self-edits each, or the
-passages alone with K = 0), with one LoRA adapter (paper v1) or full fine-tuning (paper v2), and
-reports closed-book accuracy on all their questions before and after. The module is the recipe;
-the steps are the plain functions of :mod:`seal_pl.pipelines.cpt`, the records those of
-:mod:`seal_pl.knowledge.cpt_records`:
-
-1. ``setup``: load the model; get K self-edits per passage: read from ``self_edits_path`` or
-   written by the model (passages in fixed chunks, the chunks shared out across processes, each
-   process appending to ``cpt_self_edits.rank<r>.jsonl``). Rank 0 merges them into
-   ``cpt_self_edits.jsonl`` (the hand-over file: its ``passage_id``/``completion`` lines read as
-   any ``self_edits_path``) and writes the pooled texts to ``cpt_train_sequences.jsonl``;
-2. ``on_fit_start``: the baseline answers (questions shared out across processes, records in
-   ``cpt_eval.rank<r>.jsonl``);
-3. training: Lightning's loop over the pooled texts (``DistributedSampler`` under DDP, gradient
-   accumulation, clipping and precision from the trainer config), loss curve in TensorBoard;
-4. ``on_fit_end``: the adapted answers, then rank 0 writes ``cpt_predictions.jsonl`` and
-   ``results.json`` (baseline, adapted, gain, per-passage slices, the reference's numbers). Each
-   phase's accuracy is also logged as a torchmetrics mean reduced over every rank.
-
-Resume: every stage keeps its records, so re-running the same command skips finished self-edits
-and answers, and training continues from ``last.ckpt`` (the shipped configs set ``ckpt_path: last``
-and a ``ModelCheckpoint`` with ``save_last``; with LoRA the checkpoint holds only the adapter).
+on the pooled training texts of the passages of :class:`CPTDataModule` (K self-edits each, or the
+passages alone) with one LoRA adapter (paper v1) or full fine-tuning (paper v2), and answers all
+their questions before (``on_fit_start``) and after (``on_fit_end``). The steps are the functions
+of :mod:`seal_pl.pipelines.cpt`, the records those of :mod:`seal_pl.knowledge.cpt_records` (per-rank
+shards; rank 0 merges them into ``cpt_self_edits.jsonl``, ``cpt_train_sequences.jsonl``,
+``cpt_predictions.jsonl`` and ``results.json``). Re-running resumes: finished self-edits and answers
+are kept, training continues from ``last.ckpt`` (with LoRA it holds only the adapter).
 """
 
 from __future__ import annotations
@@ -44,10 +29,9 @@ from seal_pl.generation.base import GeneratorBackend
 from seal_pl.generation.hf import HFGenerator
 from seal_pl.inner.lora import AdapterBank, LoRASpec
 from seal_pl.inner.sequences import TrainSequence, collate, tokenize_sequence
-from seal_pl.inner.trainer import CHOICES, Schedule, check_choice, check_fraction, check_positive
-from seal_pl.inputs import require_selection
+from seal_pl.inner.trainer import Schedule, check_choice, check_optimizer_options
 from seal_pl.knowledge.cpt_records import CPTEvalRecord, CPTSelfEditRecord, CPTTrainText
-from seal_pl.knowledge.data import Passage, load_passages, select_passages, self_edits_for
+from seal_pl.knowledge.data import Passage, selected_passages, self_edits_for
 from seal_pl.knowledge.grading import ContainsGrader, Grader
 from seal_pl.lightning.base import RunDirModule, scheduled_adamw_config
 from seal_pl.models.loading import Dtype
@@ -124,15 +108,7 @@ class CPTDataModule(pl.LightningDataModule):
         self.external: dict[str, list[str]] = {}
 
     def setup(self, stage: str) -> None:
-        passages = load_passages(self.path)
-        self.passages = require_selection(
-            select_passages(passages, seed=self.seed, start=self.start, limit=self.limit),
-            source=str(self.path),
-            total=len(passages),
-            what="passages",
-            start=self.start,
-            limit=self.limit,
-        )
+        self.passages = selected_passages(self.path, seed=self.seed, start=self.start, limit=self.limit)
         self.eval_passages = select_eval_questions(self.passages, self.eval_question_limit, self.eval_question_seed)
         if self.self_edits_path and self.k_completions > 0:
             ids = [p.id for p in self.passages]
@@ -203,9 +179,7 @@ class ContinuedPretrainingModule(RunDirModule):
     ):
         super().__init__()
         check_choice(protocol, "protocol", ("lora", "full"))
-        check_choice(schedule, "schedule", CHOICES["schedule"])
-        check_positive(lr, "lr")
-        check_fraction(warmup_ratio, "warmup_ratio")
+        check_optimizer_options(lr, weight_decay, schedule, warmup_ratio)
         self.model_name, self.dtype_name, self.protocol, self.lora_spec = model, dtype, protocol, lora or LoRASpec()
         self.lr, self.weight_decay, self.schedule, self.warmup_ratio = lr, weight_decay, schedule, warmup_ratio
         self.settings = settings or KnowledgeSettings()

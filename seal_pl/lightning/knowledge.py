@@ -1,17 +1,11 @@
 """Knowledge incorporation under Lightning: the passage data modules and the evaluation module.
 
 ``seal test --config configs/knowledge/demo.yaml`` runs :class:`KnowledgeIncorporationModule` over
-the passages of :class:`KnowledgeDataModule`. The module is a recipe: each step (``run_item``) takes one
-passage, gets its self-edits (sampled now or with its sampling group), hands the passage to the
-pipeline (:class:`~seal_pl.pipelines.knowledge.KnowledgeIncorporation`: adapters for every
-condition in one batched inner loop, closed-book answers, grades, self-edit statistics), logs the
-accuracies (torchmetrics, reduced over ranks) and appends the typed records of
-:mod:`seal_pl.knowledge.records` to per-rank shards; re-running the same command skips finished
-passages. At the end rank 0 merges the shards, prints the table and writes ``results.json``
-(:func:`~seal_pl.pipelines.knowledge.knowledge_results`), whose ``truncated`` field counts the
-passages whose training sequences or self-edit prompt had to be cut to fit (each one is also
-logged as a warning when it happens). Under ``seal restem`` it is the knowledge E-step and
-evaluation; its ``restem_domain`` names the outer loop's knowledge steps.
+the passages of :class:`KnowledgeDataModule`, one passage per step (``run_item``): get its
+self-edits, hand it to :class:`~seal_pl.pipelines.knowledge.KnowledgeIncorporation`, log, append
+the records of :mod:`seal_pl.knowledge.records` to this rank's shards. Re-running resumes; rank 0
+merges and writes ``results.json`` (:func:`~seal_pl.pipelines.knowledge.knowledge_results`). Under
+``seal restem`` it is the knowledge E-step and evaluation (``restem_domain``).
 """
 
 from __future__ import annotations
@@ -32,14 +26,14 @@ from seal_pl.lightning.base import InnerLoopModule, ItemDataModule
 from seal_pl.lightning.policy_sft import SFTDataModule
 from seal_pl.models.loading import Dtype
 from seal_pl.pipelines.knowledge import (
-    CONDITIONS,
     Condition,
     KnowledgeIncorporation,
     KnowledgeSettings,
     PassageTiming,
+    adapter_slots,
+    distillation_examples,
     format_table,
     knowledge_results,
-    passage_self_edit_prompt,
     prediction_records,
     scored_self_edits,
     unique_predictions,
@@ -138,15 +132,7 @@ class SelfEditDistillDataModule(SFTDataModule):
     def pairs(self) -> list[SFTExample]:
         passages = selected_passages(self.passages_path, seed=self.seed, start=self.start, limit=self.limit)
         edits = self_edits_for(self.path, [p.id for p in passages])  # path: the self-edit file
-        return [
-            SFTExample(
-                prompt=passage_self_edit_prompt(p, self.prompt_style, self.chat_template),
-                completion=completion,
-                context_id=p.id,
-            )
-            for p in passages
-            for completion in edits[p.id]
-        ]
+        return distillation_examples(passages, edits, self.prompt_style, self.chat_template)
 
 
 class KnowledgeIncorporationModule(InnerLoopModule):
@@ -197,19 +183,8 @@ class KnowledgeIncorporationModule(InnerLoopModule):
         sampling_group: int = 1,
     ):
         conditions = list(conditions or ["no_adaptation", "passage_only", "self_edit"])
-        unknown = set(conditions) - set(CONDITIONS)
-        if unknown:
-            raise ValueError(f"unknown conditions {sorted(unknown)}; valid: {list(CONDITIONS)}")
-        if n_self_edits < 1 and "self_edit" in conditions:
-            raise ValueError("n_self_edits must be >= 1 when the self_edit condition is on")
-        if inner_seeds < 1:
-            raise ValueError("inner_seeds must be >= 1")
-        if sampling_group < 1:
-            raise ValueError(f"sampling_group must be >= 1, got {sampling_group}")
-        if adapters is None:
-            per_seed = ("passage_only" in conditions) + ("self_edit" in conditions) * n_self_edits
-            adapters = (per_seed + ("external" in conditions)) * inner_seeds
-        super().__init__(model, dtype, lora or LoRASpec(), inner or InnerLoopConfig(), max(1, adapters), generator)
+        slots = adapter_slots(conditions, n_self_edits, inner_seeds, sampling_group, adapters)
+        super().__init__(model, dtype, lora or LoRASpec(), inner or InnerLoopConfig(), slots, generator)
         self.conditions = conditions
         self.n_self_edits = n_self_edits
         self.settings = settings or KnowledgeSettings()
@@ -271,17 +246,14 @@ class KnowledgeIncorporationModule(InnerLoopModule):
         if self.sampling_group == 1:
             return self.pipeline.sample_self_edits([passage], self.n_self_edits, seed=seed)[0]
         if passage.id not in self._samples:
-            group = position // self.sampling_group
-            items = self.trainer.datamodule.items()
-            members = [it.passage for it in items[group * self.sampling_group : (group + 1) * self.sampling_group]]
-            if passage.id not in {p.id for p in members}:
+            passages = [it.passage for it in self.trainer.datamodule.items()]
+            if passages[position].id != passage.id:
                 raise RuntimeError(f"passage {passage.id} is not at position {position} of the data module")
-            group_seed = self.seed + group * self.sampling_group
-            sampled = self.pipeline.sample_self_edits(members, self.n_self_edits, seed=group_seed)
-            for member, completions in zip(members, sampled):
-                sample = SampledSelfEdits(passage_id=member.id, group=group, seed=group_seed, completions=completions)
+            for sample in self.pipeline.sample_group(
+                passages, position, self.sampling_group, self.n_self_edits, self.seed
+            ):
                 self.write(sample)
-                self._samples[member.id] = sample
+                self._samples[sample.passage_id] = sample
         return list(self._samples[passage.id].completions)
 
     def _log_passage(self, record: PassageRecord) -> None:

@@ -1,17 +1,12 @@
 """The ReST-EM M-step: supervised fine-tuning of the policy on its kept self-edits.
 
-``seal fit --config configs/.../sft.yaml`` trains :class:`PolicySFTModule` on the (prompt, completion)
-pairs of :class:`SFTDataModule` (a JSONL file written by the filter stage) with the loss on the
-completion tokens only. The policy is trained either with a PEFT LoRA adapter, merged into the
-weights at the end, or fully fine-tuned. Rank 0 then saves the merged model (safetensors) and the
-tokenizer to ``output_dir`` (default ``<run_dir>/policy``): that folder is both the next round's
-policy and its learner, as in the reference. ``seal_policy.json`` in that folder is written last
-(what it was trained from, the number of examples and steps, the training loss of every step): its
-presence marks a finished M-step. Runs under DDP (multi-process, multi-node); the merge and save
-need the whole model on rank 0, so sharded strategies (FSDP, DeepSpeed ZeRO-3) are not supported.
-
-The effective batch is ``batch_size`` x ``trainer.accumulate_grad_batches`` x processes (reference,
-knowledge: 1 x 5 x 2 GPUs = 10; ARC: 5 x 1 x 1).
+``seal fit`` trains :class:`PolicySFTModule` on the (prompt, completion) pairs of
+:class:`SFTDataModule`, loss on the completion only, with a PEFT LoRA adapter merged at the end or
+fully fine-tuned. Rank 0 saves the merged model and tokenizer to ``output_dir`` (the next round's
+policy and learner) and writes ``seal_policy.json`` there last: its presence marks a finished
+M-step. DDP works; sharded strategies (FSDP, ZeRO-3) do not (the merge needs the whole model). The
+effective batch is ``batch_size`` x ``accumulate_grad_batches`` x processes (reference knowledge:
+1 x 5 x 2 GPUs; ARC: 5 x 1 x 1).
 """
 
 from __future__ import annotations
@@ -29,11 +24,19 @@ from torch.utils.data import DataLoader
 from seal_pl.errors import OptionError
 from seal_pl.inner.lora import LoRASpec
 from seal_pl.inner.sequences import TokenizedSequence, collate
-from seal_pl.inner.trainer import CHOICES, Schedule, check_choice, check_fraction, check_positive
+from seal_pl.inner.trainer import Schedule, check_choice, check_fraction, check_optimizer_options
 from seal_pl.lightning.base import scheduled_adamw_config
 from seal_pl.models.loading import DTYPES, Dtype, load_model_and_tokenizer
-from seal_pl.pipelines.sft import SFT_LORA, policy_info, sft_examples, sft_rows, sft_sequence, trainable_policy
-from seal_pl.records import POLICY_MARKER, SFTExample, read_records, write_json
+from seal_pl.pipelines.sft import (
+    SFT_LORA,
+    policy_info,
+    save_policy,
+    sft_examples,
+    sft_rows,
+    sft_sequence,
+    trainable_policy,
+)
+from seal_pl.records import SFTExample, read_records
 
 __all__ = ["SFT_LORA", "PolicySFTModule", "SFTDataModule", "sft_sequence"]
 
@@ -137,10 +140,7 @@ class PolicySFTModule(pl.LightningModule):
         self.output_dir = output_dir
         if save_dtype is not None and save_dtype not in DTYPES:
             raise OptionError(f"save_dtype must be one of {', '.join(DTYPES)} or null, got {save_dtype!r}")
-        check_positive(lr, "lr")
-        check_positive(weight_decay, "weight_decay", allow_zero=True)
-        check_fraction(warmup_ratio, "warmup_ratio")
-        check_choice(schedule, "schedule", CHOICES["schedule"])
+        check_optimizer_options(lr, weight_decay, schedule, warmup_ratio)
         check_choice(protocol, "protocol", ("lora", "full"))
         if protocol == "lora":
             check_fraction(lora.dropout, "lora.dropout")
@@ -169,15 +169,8 @@ class PolicySFTModule(pl.LightningModule):
         if not self.trainer.is_global_zero:
             return
         target = Path(self.output_dir or Path(self.trainer.default_root_dir) / "policy")
-        policy = self.policy
-        if hasattr(policy, "merge_and_unload"):
-            policy = policy.merge_and_unload()
-        if self.save_dtype is not None:
-            policy = policy.to(DTYPES[self.save_dtype])
-        policy.save_pretrained(target, safe_serialization=True)
-        self.tokenizer.save_pretrained(target)
-        info = policy_info(
-            self.model_name, len(getattr(self.trainer.datamodule, "rows", [])), self.global_step, self.losses
-        )
-        write_json(target / POLICY_MARKER, info)
+        rows = len(getattr(self.trainer.datamodule, "rows", []))
+        info = policy_info(self.model_name, rows, self.global_step, self.losses)
+        dtype = DTYPES[self.save_dtype] if self.save_dtype is not None else None
+        save_policy(self.policy, self.tokenizer, target, dtype=dtype, info=info)
         rank_zero_info(f"Saved the merged policy to {target}")

@@ -54,15 +54,52 @@ from seal_pl.knowledge.records import (
     PassageRecord,
     PassageTiming,
     PredictionRecord,
+    SampledSelfEdits,
     Truncation,
 )
 from seal_pl.knowledge.self_edit_stats import self_edit_stats, summarize_self_edit_stats
 from seal_pl.knowledge.sequences import build_train_sequences
+from seal_pl.records import SFTExample
 
 logger = logging.getLogger(__name__)
 
 Condition = Literal["no_adaptation", "passage_only", "self_edit", "external"]
 CONDITIONS: tuple[str, ...] = get_args(Condition)
+
+
+def adapter_slots(
+    conditions: Sequence[str], n_self_edits: int, inner_seeds: int, sampling_group: int, adapters: int | None
+) -> int:
+    """The evaluation's adapter slots (``adapters``, or one per adaptation of a passage: every
+    condition that trains, K self-edits, one external self-edit, times the inner seeds), after
+    refusing options that run nothing."""
+    unknown = set(conditions) - set(CONDITIONS)
+    if unknown:
+        raise ValueError(f"unknown conditions {sorted(unknown)}; valid: {list(CONDITIONS)}")
+    if n_self_edits < 1 and "self_edit" in conditions:
+        raise ValueError("n_self_edits must be >= 1 when the self_edit condition is on")
+    if inner_seeds < 1:
+        raise ValueError("inner_seeds must be >= 1")
+    if sampling_group < 1:
+        raise ValueError(f"sampling_group must be >= 1, got {sampling_group}")
+    if adapters is None:
+        per_seed = ("passage_only" in conditions) + ("self_edit" in conditions) * n_self_edits
+        adapters = (per_seed + ("external" in conditions)) * inner_seeds
+    return max(1, adapters)
+
+
+def distillation_examples(
+    passages: Sequence[Passage], edits: dict[str, list[str]], prompt_style: PromptStyle, chat_template: bool
+) -> list[SFTExample]:
+    """Every (passage, self-edit written elsewhere) pair as an SFT example whose prompt is exactly
+    the one the E-step samples with."""
+    return [
+        SFTExample(
+            prompt=passage_self_edit_prompt(p, prompt_style, chat_template), completion=completion, context_id=p.id
+        )
+        for p in passages
+        for completion in edits[p.id]
+    ]
 
 
 def passage_self_edit_prompt(passage: Passage, prompt_style: PromptStyle = "implications", chat_template: bool = True):
@@ -279,6 +316,20 @@ class KnowledgeIncorporation:
         flat = self.generator.generate(prompts, params)
         self.timing.sample_seconds += time.perf_counter() - started
         return [flat[i * n : (i + 1) * n] for i in range(len(passages))]
+
+    def sample_group(
+        self, passages: Sequence[Passage], position: int, size: int, n: int, seed: int
+    ) -> list[SampledSelfEdits]:
+        """The ``n`` self-edits of every passage of the sampling group of ``size`` consecutive
+        ``passages`` that holds ``position``, in one generation call with ``seed + group * size``."""
+        group = position // size
+        members = passages[group * size : (group + 1) * size]
+        group_seed = seed + group * size
+        sampled = self.sample_self_edits(members, n, seed=group_seed)
+        return [
+            SampledSelfEdits(passage_id=p.id, group=group, seed=group_seed, completions=completions)
+            for p, completions in zip(members, sampled)
+        ]
 
     def training_sequences(self, passage: Passage, completion: str | None) -> tuple[list[str], bool]:
         """Sequences for one adaptation (``None`` completion = passage only) and whether it was empty."""

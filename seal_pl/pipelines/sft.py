@@ -4,19 +4,22 @@
 these: :func:`sft_sequence` builds prompt + completion with the loss on the completion only (under
 the chat template when the prompt is chat messages), :func:`sft_examples` reads a file's pairs (typed), :func:`sft_rows` tokenizes them,
 :func:`trainable_policy` wraps the policy for LoRA (PEFT) or full fine-tuning, and
-:func:`policy_info` is what ``seal_policy.json`` records about a saved policy.
+:func:`save_policy` merges and saves it with ``seal_policy.json`` (:func:`policy_info`) written last.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from seal_pl.errors import OptionError
 from seal_pl.generation.base import render_prompt
 from seal_pl.inner.lora import LoRASpec
 from seal_pl.inner.sequences import TokenizedSequence, TrainSequence, tokenize_sequence
-from seal_pl.records import SFTExample
+from seal_pl.records import POLICY_MARKER, SFTExample, write_json
 
 SFT_LORA = LoRASpec(
     r=64,
@@ -106,6 +109,18 @@ def policy_info(trained_from: str, n_examples: int, steps: int, losses: Sequence
         "final_loss": losses[-1][1] if losses else None,
         "losses": [{"step": step, "loss": loss} for step, loss in losses],
     }
+
+
+def save_policy(policy, tokenizer, target: Path, *, dtype: torch.dtype | None, info: dict) -> None:
+    """Merge a LoRA-wrapped policy into its weights, save it (safetensors, in ``dtype`` if given) and
+    the tokenizer to ``target``, then ``seal_policy.json`` (``info``): last, as it marks a saved policy."""
+    if hasattr(policy, "merge_and_unload"):
+        policy = policy.merge_and_unload()
+    if dtype is not None:
+        policy = policy.to(dtype)
+    policy.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+    write_json(target / POLICY_MARKER, info)
 
 
 def block_indices(model, layers: list[int] | None) -> list[int] | None:
