@@ -196,17 +196,13 @@ class ARCTTTModule(InnerLoopModule):
 
     def _log_outcome(self, outcome: Outcome) -> None:
         self._pairs += 1
-        self.log_curve(f"ttt_loss/{outcome.task_id}/{outcome.edit_index}", outcome.losses)
-        self.log_curve("ttt_loss/all", outcome.losses)
-        writer = self.tb()
-        if writer is None:
-            return
-        if outcome.losses:
-            writer.add_scalar("ttt_final_loss", outcome.losses[-1], self._pairs)
-        if outcome.reward is not None:
-            writer.add_scalar("reward", outcome.reward, self._pairs)
+        board = self.board
+        board.curve(f"ttt_loss/{outcome.task_id}/{outcome.edit_index}", outcome.losses)
+        board.curve("ttt_loss/all", outcome.losses)
+        board.scalar("ttt_final_loss", outcome.losses[-1] if outcome.losses else None, self._pairs)
+        board.scalar("reward", outcome.reward, self._pairs)
         if outcome.completion:
-            writer.add_text(f"self_edit/{outcome.task_id}", f"```\n{outcome.completion}\n```", outcome.edit_index)
+            board.text(f"self_edit/{outcome.task_id}", f"```\n{outcome.completion}\n```", outcome.edit_index)
 
     # ----------------------------------------------------------------------------------- merge
     def _end(self) -> None:

@@ -1,8 +1,8 @@
 """Shared Lightning plumbing: the run directory, per-rank record shards, model/bank set-up, stops.
 
 * :class:`RunDirModule` - what every SEAL module does with its run directory: typed records in
-  per-rank shards (``write``/``read``/``finished``), the DDP barrier, the TensorBoard writer and
-  the closing report, and loading the model on this rank's device;
+  per-rank shards (``write``/``read``/``finished``), the DDP barrier, TensorBoard (``board``, a
+  :class:`~seal_pl.reporting.Board`) and the closing report, and loading the model on this rank's device;
 * :class:`InnerLoopModule` - a :class:`RunDirModule` whose test/predict steps run the shared inner
   loop over whole items (a passage, a task, a sequence), one per step, resumably;
 * :class:`ItemDataModule` - the data module of such items.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import signal
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -30,6 +30,7 @@ from seal_pl.inner.lora import AdapterBank, LoRASpec
 from seal_pl.inner.trainer import InnerLoopConfig, InnerLoopTrainer, scheduled_adamw
 from seal_pl.models.loading import allow_tf32, load_model_and_tokenizer
 from seal_pl.records import Record, append, read_all_typed, write_json
+from seal_pl.reporting import Board
 from seal_pl.rundir import begin_item, end_item, raise_if_stopped
 
 R = TypeVar("R", bound=Record)
@@ -108,38 +109,17 @@ class RunDirModule(pl.LightningModule):
             rank_zero_info(f"Resuming: {len(done)} {what} already done in {self.run_dir}")
         return done
 
-    def tb(self):
-        """The TensorBoard writer, or None when another logger is used."""
+    @property
+    def board(self) -> Board:
+        """This run's TensorBoard (every call a no-op under another logger); curves continue across passes."""
         logger = self.logger
-        experiment = getattr(logger, "experiment", None) if logger is not None else None
-        return experiment if hasattr(experiment, "add_scalar") else None
-
-    def report(self, scalars: Mapping[str, float | None], text: str) -> None:
-        """The closing report: ``results/<key>`` scalars (None left out) and the text in TensorBoard."""
-        writer = self.tb()
-        if writer is None:
-            return
-        for key, value in scalars.items():
-            if value is not None:
-                writer.add_scalar(f"results/{key}", value, 0)
-        writer.add_text("results", "```\n" + text + "\n```", 0)
-        writer.flush()
+        return Board(getattr(logger, "experiment", None) if logger is not None else None, self._curve_steps)
 
     def publish(self, results: dict, scalars: Mapping[str, float | None], text: str) -> None:
-        """Write ``results.json``, :meth:`report` ``scalars`` and ``text``, and print the text."""
+        """Write ``results.json``, report ``scalars`` and ``text`` to TensorBoard, and print the text."""
         write_json(self.run_dir / "results.json", results)
-        self.report(scalars, text)
+        self.board.report(scalars, text)
         print(f"\n{text}\n\nresults: {self.run_dir / 'results.json'}")
-
-    def log_curve(self, tag: str, values: Sequence[float]) -> None:
-        """Append ``values`` to the TensorBoard curve ``tag``; each tag keeps its own step count."""
-        writer = self.tb()
-        if writer is None:
-            return
-        start = self._curve_steps.get(tag, 0)
-        for offset, value in enumerate(values):
-            writer.add_scalar(tag, value, start + offset)
-        self._curve_steps[tag] = start + len(values)
 
     def log_means(self, metrics: Mapping[str, Metric]) -> None:
         """Log torchmetrics means reduced over every rank, then reset them.

@@ -153,14 +153,12 @@ class ContinualSelfEditsModule(InnerLoopModule):
         return record
 
     def _log_step(self, sequence_id: str, step: ContinualStep, row: list[list[GradedAnswer]]) -> None:
-        self.log_curve("inner_loss/continual", step.losses)
-        writer = self.tb()
-        if writer is None:
-            return
+        board = self.board
+        board.curve("inner_loss/continual", step.losses)
         accuracies = [accuracy(graded) for graded in row]
-        writer.add_scalar(f"{sequence_id}/row_mean", sum(accuracies) / len(accuracies), step.step)
-        writer.add_scalar(f"{sequence_id}/fresh", accuracies[-1], step.step)
-        writer.add_scalar(f"{sequence_id}/first_passage", accuracies[0], step.step)
+        board.scalar(f"{sequence_id}/row_mean", sum(accuracies) / len(accuracies), step.step)
+        board.scalar(f"{sequence_id}/fresh", accuracies[-1], step.step)
+        board.scalar(f"{sequence_id}/first_passage", accuracies[0], step.step)
 
     # ----------------------------------------------------------------------------------- merge
     def _end(self) -> None:
@@ -179,9 +177,9 @@ class ContinualSelfEditsModule(InnerLoopModule):
             wall_seconds=time.perf_counter() - self._started,
         )
         heatmap = save_results_heatmap(results, self.run_dir / "forgetting.png")
-        writer = self.tb()
-        for r, value in enumerate(results["summary"]["row_means"] if writer is not None else ()):
-            writer.add_scalar("results/row_mean", value, r)
+        board = self.board
+        for r, value in enumerate(results["summary"]["row_means"]):
+            board.scalar("results/row_mean", value, r)
         header = f"forgetting matrix, accuracy % (mean±std over {results['n_sequences']} sequences)"
         self.publish(
             results, {key: results["summary"][key] for key in SPREAD_KEYS}, f"{header}\n{format_results(results)}"

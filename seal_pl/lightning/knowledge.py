@@ -267,14 +267,12 @@ class KnowledgeIncorporationModule(InnerLoopModule):
                     self.exact[condition].update(sum(a.exact for a in run.questions) / n, weight=n)
                     self.f1[condition].update(sum(a.f1 for a in run.questions) / n, weight=n)
                 if run.adaptation is not None and run.adaptation.losses:
-                    self.log_curve(f"inner_loss/{condition}", run.adaptation.losses)
-                    self.log_curve(f"final_inner_loss/{condition}", run.adaptation.losses[-1:])
+                    self.board.curve(f"inner_loss/{condition}", run.adaptation.losses)
+                    self.board.curve(f"final_inner_loss/{condition}", run.adaptation.losses[-1:])
         sample = next(iter(record.conditions.get("self_edit", [])), None)
-        writer = self.tb()
-        if writer is not None and sample is not None and sample.adaptation is not None:
-            writer.add_text(
-                "self_edit_sample", f"**{record.title}**\n\n{sample.adaptation.completion}", len(self._done)
-            )
+        if sample is not None and sample.adaptation is not None:
+            text = f"**{record.title}**\n\n{sample.adaptation.completion}"
+            self.board.text("self_edit_sample", text, len(self._done))
 
     def _end(self) -> None:
         self.log_means(
