@@ -88,6 +88,11 @@ class RoundLayout:
         return self.root / "sft.jsonl"
 
     @property
+    def sft_all_rounds(self) -> Path:
+        """The kept pairs of this round and every earlier one (``sft_data: all_rounds``)."""
+        return self.root / "sft_all_rounds.jsonl"
+
+    @property
     def filter_stats(self) -> Path:
         return self.root / "filter.json"
 

@@ -175,6 +175,11 @@ class ReSTEMRun:
         evaluate_base: also evaluate the base model (``base/``) before round 0.
         estep_start_stride: round ``k`` reads its E-step contexts from ``data.init_args.start +
             k * estep_start_stride`` (fresh passages every round); 0 uses the same every round.
+        sft_from: the model each M-step fine-tunes: ``policy`` (the round's input policy, the
+            reference) or ``base`` (the base ``model`` every round, as ReST-EM proper does; the
+            E-step still samples with the previous round's policy).
+        sft_data: the M-step's pairs: ``round`` (those kept this round, the reference) or
+            ``all_rounds`` (this round's and every earlier round's, ``round_<k>/sft_all_rounds.jsonl``).
         launcher: how stages run: ``inprocess``, ``subprocess`` (a ``python -m seal_pl`` command
             per stage), or ``auto``: a subprocess when the stage's trainer asks for more than one
             process (DDP), in this process otherwise.
@@ -200,6 +205,8 @@ class ReSTEMRun:
         max_copied_line_share: float | None = None,
         evaluate_base: bool = True,
         estep_start_stride: int = 0,
+        sft_from: Literal["policy", "base"] = "policy",
+        sft_data: Literal["round", "all_rounds"] = "round",
         launcher: Literal["auto", "inprocess", "subprocess"] = "auto",
     ):
         if rounds < 0:
@@ -216,6 +223,11 @@ class ReSTEMRun:
         self.seed_everything = seed_everything
         self.evaluate_base = evaluate_base
         self.estep_start_stride = estep_start_stride
+        if sft_from not in ("policy", "base"):
+            raise ReSTEMConfigError(f"sft_from must be 'policy' or 'base', got {sft_from!r}")
+        if sft_data not in ("round", "all_rounds"):
+            raise ReSTEMConfigError(f"sft_data must be 'round' or 'all_rounds', got {sft_data!r}")
+        self.sft_from, self.sft_data = sft_from, sft_data
         self.launcher = launcher
         try:
             self.filter_options = FilterOptions(
@@ -240,6 +252,8 @@ class ReSTEMRun:
             **asdict(self.filter_options),
             "evaluate_base": self.evaluate_base,
             "estep_start_stride": self.estep_start_stride,
+            "sft_from": self.sft_from,
+            "sft_data": self.sft_data,
             "launcher": self.launcher,
             "estep": asdict(self.estep),
             "sft": asdict(self.sft),
@@ -297,8 +311,11 @@ class ReSTEMRun:
             configs["sft"] = stage_config(
                 asdict(self.sft),
                 trainer_defaults=SFT_TRAINER_DEFAULTS,
-                model_args={"model": policy, "output_dir": str(layout.policy)},
-                data_args={"path": str(layout.sft_set)},
+                model_args={
+                    "model": self.model if self.sft_from == "base" else policy,
+                    "output_dir": str(layout.policy),
+                },
+                data_args={"path": str(layout.sft_all_rounds if self.sft_data == "all_rounds" else layout.sft_set)},
                 **common,
             )
         if self.eval is not None:
@@ -416,7 +433,7 @@ class ReSTEMRun:
             f"[restem] round {index}: kept {stats['kept']} of {stats['n']} self-edits "
             f"({stats['contexts_kept']} of {stats['contexts']} contexts)"
         )
-        sft = self._mstep(layout, configs["sft"], kept)
+        sft = self._mstep(layout, configs["sft"], self._sft_pairs(index, kept))
         policy_out = str(layout.policy) if sft is not None else policy_in
         heldout = None
         if self.eval is not None:
@@ -454,6 +471,15 @@ class ReSTEMRun:
             rewrite_typed(layout.sft_set, kept)
             write_json(layout.filter_stats, stats)
         return list(read_typed(layout.sft_set, SFTExample)), read_json(layout.filter_stats)
+
+    def _sft_pairs(self, index: int, kept: list[SFTExample]) -> list[SFTExample]:
+        """The M-step's pairs: this round's kept ones, or (``all_rounds``) every round's so far, written."""
+        if self.sft_data == "round":
+            return kept
+        pairs = [p for k in range(index) for p in read_typed(RoundLayout.of(self.run_dir, k).sft_set, SFTExample)]
+        pairs += kept
+        rewrite_typed(RoundLayout.of(self.run_dir, index).sft_all_rounds, pairs)
+        return pairs
 
     def _mstep(self, layout: RoundLayout, config: dict[str, Any], kept: list[SFTExample]) -> dict[str, Any] | None:
         """Train the policy on the kept pairs; ``None`` when nothing was kept (the policy stays)."""

@@ -374,3 +374,57 @@ def test_estep_start_stride_gives_each_round_fresh_contexts(tmp_path):
 
     assert estep_starts(0) == [2, 2, 2]
     assert estep_starts(5) == [2, 7, 12]  # round k reads from start + k * stride
+
+
+def test_sft_from_base_and_all_rounds_pairs(tmp_path):
+    from seal_pl.records import rewrite_typed
+    from seal_pl.restem.layout import RoundLayout
+    from seal_pl.restem.runner import ReSTEMRun
+
+    sections = {k: copy.deepcopy(TINY_KNOWLEDGE[k]) for k in ("estep", "sft", "trainer", "model", "rounds")}
+    default = ReSTEMRun(run_dir=str(tmp_path / "default"), **copy.deepcopy(sections))
+    sft = default.stage_configs(1, "round0-policy")["sft"]
+    assert sft["model"]["init_args"]["model"] == "round0-policy"  # the reference: the round's input policy
+    assert sft["data"]["init_args"]["path"].endswith("round_1/sft.jsonl")
+    assert default.config["sft_from"] == "policy" and default.config["sft_data"] == "round"
+
+    run_dir = tmp_path / "proper"
+    run = ReSTEMRun(run_dir=str(run_dir), sft_from="base", sft_data="all_rounds", **sections)
+    sft = run.stage_configs(1, "round0-policy")["sft"]
+    assert sft["model"]["init_args"]["model"] == TINY_KNOWLEDGE["model"]  # every M-step starts from the base
+    assert sft["data"]["init_args"]["path"].endswith("round_1/sft_all_rounds.jsonl")
+    assert run.stage_configs(1, "round0-policy")["estep"]["model"]["init_args"]["model"] == "round0-policy"
+
+    earlier = [SFTExample(prompt="p0", completion="c0", id="a/0"), SFTExample(prompt="p1", completion="c1", id="b/0")]
+    RoundLayout.of(run_dir, 0).root.mkdir(parents=True)
+    rewrite_typed(RoundLayout.of(run_dir, 0).sft_set, earlier)
+    now = [SFTExample(prompt="p2", completion="c2", id="c/1")]
+    RoundLayout.of(run_dir, 1).root.mkdir(parents=True)
+    assert run._sft_pairs(1, now) == earlier + now
+    assert list(read_typed(RoundLayout.of(run_dir, 1).sft_all_rounds, SFTExample)) == earlier + now
+    assert default._sft_pairs(1, now) == now
+
+
+@pytest.mark.parametrize("option", [{"sft_from": "init"}, {"sft_data": "every"}])
+def test_unknown_sft_choices_are_refused(tmp_path, option):
+    from seal_pl.restem.runner import ReSTEMRun
+
+    sections = {k: copy.deepcopy(TINY_KNOWLEDGE[k]) for k in ("estep", "sft", "trainer", "model", "rounds")}
+    with pytest.raises(ReSTEMConfigError, match=next(iter(option))):
+        ReSTEMRun(run_dir=str(tmp_path), **option, **sections)
+
+
+def test_two_rounds_from_the_base_on_every_rounds_pairs(tmp_path, one_thread):
+    run_dir = tmp_path / "run"
+    config = knowledge_config(tmp_path, sft_from="base", sft_data="all_rounds")
+    main(["restem", "--config", str(config), "--run_dir", str(run_dir)])
+
+    round_0 = json.loads((run_dir / "round_0/summary.json").read_text())
+    round_1 = json.loads((run_dir / "round_1/summary.json").read_text())
+    assert round_1["policy_in"] == round_0["policy_out"]  # the E-step samples with the latest policy ...
+    assert round_1["sft"]["trained_from"] == "tiny-random-llama"  # ... the M-step starts from the base
+    kept_0 = list(read_typed(run_dir / "round_0/sft.jsonl", SFTExample))
+    kept_1 = list(read_typed(run_dir / "round_1/sft.jsonl", SFTExample))
+    pairs = list(read_typed(run_dir / "round_1/sft_all_rounds.jsonl", SFTExample))
+    assert kept_0 and kept_1 and pairs == kept_0 + kept_1
+    assert round_1["sft"]["n_examples"] == len(pairs)
