@@ -259,6 +259,7 @@ class KnowledgeIncorporationModule(InnerLoopModule):
     def _log_passage(self, record: PassageRecord) -> None:
         """Accuracy, exact match and F1 per condition into torchmetrics (logged, reduced over ranks,
         at the end of the pass), inner-loss curves and a self-edit sample to TensorBoard."""
+        board = self.board
         for condition, runs in record.conditions.items():
             for run in runs:
                 if run.questions:
@@ -267,12 +268,12 @@ class KnowledgeIncorporationModule(InnerLoopModule):
                     self.exact[condition].update(sum(a.exact for a in run.questions) / n, weight=n)
                     self.f1[condition].update(sum(a.f1 for a in run.questions) / n, weight=n)
                 if run.adaptation is not None and run.adaptation.losses:
-                    self.board.curve(f"inner_loss/{condition}", run.adaptation.losses)
-                    self.board.curve(f"final_inner_loss/{condition}", run.adaptation.losses[-1:])
+                    board.curve(f"inner_loss/{condition}", run.adaptation.losses)
+                    board.curve(f"final_inner_loss/{condition}", run.adaptation.losses[-1:])
         sample = next(iter(record.conditions.get("self_edit", [])), None)
         if sample is not None and sample.adaptation is not None:
             text = f"**{record.title}**\n\n{sample.adaptation.completion}"
-            self.board.text("self_edit_sample", text, len(self._done))
+            board.text("self_edit_sample", text, len(self._done))
 
     def _end(self) -> None:
         self.log_means(

@@ -50,7 +50,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 
@@ -90,6 +90,10 @@ SFT_TRAINER_DEFAULTS = {"enable_checkpointing": False, "log_every_n_steps": 1}
 
 TEXT_SAMPLES = 3
 """Self-edits shown as text in TensorBoard per round (the best-rewarded ones)."""
+
+
+SFTFrom = Literal["policy", "base"]
+SFTData = Literal["round", "all_rounds"]
 
 
 class ReSTEMConfigError(UserError, ValueError):
@@ -205,8 +209,8 @@ class ReSTEMRun:
         max_copied_line_share: float | None = None,
         evaluate_base: bool = True,
         estep_start_stride: int = 0,
-        sft_from: Literal["policy", "base"] = "policy",
-        sft_data: Literal["round", "all_rounds"] = "round",
+        sft_from: SFTFrom = "policy",
+        sft_data: SFTData = "round",
         launcher: Literal["auto", "inprocess", "subprocess"] = "auto",
     ):
         if rounds < 0:
@@ -223,10 +227,9 @@ class ReSTEMRun:
         self.seed_everything = seed_everything
         self.evaluate_base = evaluate_base
         self.estep_start_stride = estep_start_stride
-        if sft_from not in ("policy", "base"):
-            raise ReSTEMConfigError(f"sft_from must be 'policy' or 'base', got {sft_from!r}")
-        if sft_data not in ("round", "all_rounds"):
-            raise ReSTEMConfigError(f"sft_data must be 'round' or 'all_rounds', got {sft_data!r}")
+        for option, value, choices in (("sft_from", sft_from, SFTFrom), ("sft_data", sft_data, SFTData)):
+            if value not in get_args(choices):
+                raise ReSTEMConfigError(f"{option} must be one of {', '.join(get_args(choices))}, got {value!r}")
         self.sft_from, self.sft_data = sft_from, sft_data
         self.launcher = launcher
         try:
