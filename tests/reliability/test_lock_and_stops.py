@@ -236,6 +236,9 @@ def test_run_config_and_restem_configs_are_written_atomically(tmp_path, monkeypa
 
 # ------------------------------------------------------------------------------------- stops
 def test_sigint_during_an_item_stops_after_it_and_a_second_stops_at_once(tmp_path, capsys):
+    # The handler the scopes must give back: Python's default, or SIG_IGN when pytest itself was started
+    # in the background (a non-interactive shell's `cmd &` ignores SIGINT).
+    sigint_before = signal.getsignal(signal.SIGINT)
     argv = ["test", "--config", "a.yaml", "--run_dir", str(tmp_path / "run")]
     with pytest.raises(SystemExit) as stopped, command_scope(argv):
         begin_item()
@@ -263,7 +266,7 @@ def test_sigint_during_an_item_stops_after_it_and_a_second_stops_at_once(tmp_pat
     assert stopped.value.code == 143
     assert f"seal test --config a.yaml --run_dir {tmp_path / 'default'}" in capsys.readouterr().err
     assert not (tmp_path / "default" / LOCK_NAME).exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is sigint_before
 
 
 def test_sigterm_during_seal_test_stops_resumably(tmp_path):
