@@ -1,6 +1,15 @@
-"""Shared fixtures: a tiny random Llama with a byte-level tokenizer, built offline."""
+"""Shared fixtures: a tiny random Llama with a byte-level tokenizer, built offline; one thread per test process."""
 
 from __future__ import annotations
+
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Test processes share the cores (pyproject: ``-n auto``): one thread each, idle threads asleep
+    # (OpenMP's default spin-waiting makes processes that share cores slow each other 5-10x). Set
+    # before torch starts OpenMP; subprocesses of the tests inherit it.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 import torch

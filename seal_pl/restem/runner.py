@@ -54,7 +54,7 @@ from typing import Any, Literal, get_args
 
 import yaml
 
-from seal_pl.errors import USER_ERROR_EXIT, UserError
+from seal_pl.errors import USER_ERROR_EXIT, OptionError, check_choice
 from seal_pl.pipelines.restem import (
     FilterOptions,
     GainBaseline,
@@ -94,9 +94,10 @@ TEXT_SAMPLES = 3
 
 SFTFrom = Literal["policy", "base"]
 SFTData = Literal["round", "all_rounds"]
+Launcher = Literal["auto", "inprocess", "subprocess"]
 
 
-class ReSTEMConfigError(UserError, ValueError):
+class ReSTEMConfigError(OptionError):
     """A ``seal restem`` config that cannot run (or a run directory made with another config)."""
 
 
@@ -211,12 +212,16 @@ class ReSTEMRun:
         estep_start_stride: int = 0,
         sft_from: SFTFrom = "policy",
         sft_data: SFTData = "round",
-        launcher: Literal["auto", "inprocess", "subprocess"] = "auto",
+        launcher: Launcher = "auto",
     ):
         if rounds < 0:
             raise ReSTEMConfigError("rounds must be >= 0")
-        if launcher not in ("auto", "inprocess", "subprocess"):
-            raise ReSTEMConfigError(f"unknown launcher {launcher!r}")
+        for option, value, choices in (
+            ("launcher", launcher, Launcher),
+            ("sft_from", sft_from, SFTFrom),
+            ("sft_data", sft_data, SFTData),
+        ):
+            check_choice(value, option, get_args(choices), ReSTEMConfigError)
         self.estep = _stage(estep)
         self.sft = _stage(sft)
         self.eval = _stage(eval)
@@ -227,9 +232,6 @@ class ReSTEMRun:
         self.seed_everything = seed_everything
         self.evaluate_base = evaluate_base
         self.estep_start_stride = estep_start_stride
-        for option, value, choices in (("sft_from", sft_from, SFTFrom), ("sft_data", sft_data, SFTData)):
-            if value not in get_args(choices):
-                raise ReSTEMConfigError(f"{option} must be one of {', '.join(get_args(choices))}, got {value!r}")
         self.sft_from, self.sft_data = sft_from, sft_data
         self.launcher = launcher
         try:

@@ -346,6 +346,15 @@ def test_config_errors(tmp_path):
     ddp = {**TINY_KNOWLEDGE["trainer"], "strategy": "ddp", "devices": 2}
     with pytest.raises(ReSTEMConfigError, match="launcher inprocess"):
         run_from_args(["--config", str(knowledge_config(tmp_path, trainer=ddp)), "--launcher", "inprocess"])
+    from seal_pl.errors import OptionError
+    from seal_pl.restem.runner import ReSTEMRun
+
+    sections = {k: copy.deepcopy(TINY_KNOWLEDGE[k]) for k in ("estep", "sft", "model")}
+    for option, value in (("launcher", "srun"), ("sft_from", "scratch"), ("sft_data", "last")):
+        # Built from Python (the CLI refuses these while parsing): one error kind, naming the choices.
+        with pytest.raises(ReSTEMConfigError, match=f"{option} must be one of .*, got '{value}'") as refused:
+            ReSTEMRun(run_dir=str(tmp_path / "choices"), **{option: value}, **copy.deepcopy(sections))
+        assert isinstance(refused.value, OptionError)
     run = run_from_args(["--config", str(knowledge_config(tmp_path)), "--estep.trainer.no_such_option", "1"])
     with pytest.raises(ReSTEMConfigError, match="estep"):
         run.check()
