@@ -1,4 +1,5 @@
-"""Command lines of the shipped knowledge configs shrunk to the tiny random model, for CLI tests.
+"""Command lines of the shipped knowledge configs shrunk to the tiny random model, for CLI tests,
+and the scripts of ``scripts/`` loaded as modules.
 
 ``tests/`` is on ``sys.path`` (pytest puts the root ``conftest.py``'s folder there), so test files
 import this module as ``tiny_cli``.
@@ -6,9 +7,19 @@ import this module as ``tiny_cli``.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` imported as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_knowledge_argv(

@@ -6,12 +6,12 @@ their resolved configs are kept under ``tests/cli/resolved_configs/``. Parse onl
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 import yaml
+from tiny_cli import load_script
 
 from seal_pl.cli import main
 from seal_pl.lightning.policy_sft import SFT_LORA
@@ -20,14 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("resolved_configs", ROOT / "scripts/resolved_configs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-resolved = _load_script()
+resolved = load_script("resolved_configs")
 NAMES = [name for name, _ in resolved.COMMANDS]
 RESTEM = [name for name, argv in resolved.COMMANDS if argv[0] == "restem"]
 

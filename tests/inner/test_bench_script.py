@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from tiny_cli import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,9 +44,7 @@ def test_bench_inner_loop_runs_every_path(tmp_path):
 def test_a_benchmark_path_sees_only_its_gpu(monkeypatch):
     """The reference path's HF Trainer would wrap every visible GPU in DataParallel: each path's
     subprocess is shown only the GPU asked for, and addresses it as cuda:0."""
-    spec = importlib.util.spec_from_file_location("bench_inner_loop", ROOT / "scripts/bench_inner_loop.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_inner_loop")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert bench.one_gpu_env("cpu") == {} and bench.subprocess_device("cpu") == "cpu"
     assert bench.one_gpu_env("cuda") == {"CUDA_VISIBLE_DEVICES": "0"}

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-from tiny_cli import tiny_knowledge_argv
+from tiny_cli import load_script, tiny_knowledge_argv
 
 from seal_pl.cli import main
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def _script():
-    spec = importlib.util.spec_from_file_location("inner_seed_agreement", ROOT / "scripts/inner_seed_agreement.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("inner_seed_agreement")
 
 
 def test_agreement_of_two_inner_seeds(tmp_path):

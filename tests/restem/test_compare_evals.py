@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from tiny_cli import load_script
 
 from seal_pl.knowledge.records import PredictionRecord
 from seal_pl.records import rewrite_typed
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def _script():
-    spec = importlib.util.spec_from_file_location("compare_evals", ROOT / "scripts/compare_evals.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("compare_evals")
 
 
 def _eval_dir(path: Path, verdicts: dict[str, list[bool]]) -> Path:

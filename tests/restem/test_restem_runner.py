@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import signal
@@ -16,6 +15,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from tiny_cli import load_script
 
 from seal_pl.arc.records import ArcEditRecord
 from seal_pl.cli import main
@@ -175,10 +175,7 @@ def test_knowledge_round_layout_results_and_plot(tmp_path, capsys, one_thread):
     assert any("self_edits" in tag for tag in tags["tensors"])
     assert [e.step for e in events.Scalars("heldout/self_edit")] == [0, 1]
 
-    spec = importlib.util.spec_from_file_location("plot_restem", ROOT / "scripts/plot_restem.py")
-    plot_restem = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plot_restem)
-    png = plot_restem.main([str(run_dir)])
+    png = load_script("plot_restem").main([str(run_dir)])
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
 
 
