@@ -20,7 +20,7 @@ from math import comb
 from pathlib import Path
 
 from seal_pl.knowledge.records import PassageRecord
-from seal_pl.records import read_typed
+from seal_pl.records import read_all_typed
 
 
 def expected_best(rewards: list[float], k: int) -> float:
@@ -43,8 +43,8 @@ def best_of_k(records: list[PassageRecord]) -> dict:
         runs = [r for r in record.conditions["self_edit"] if r.repeat == 0]
         baseline = next(r for r in record.conditions["passage_only"] if r.repeat == 0)
         n = len(baseline.questions)
-        accuracy = [sum(q.correct for q in r.questions) / n for r in runs]
-        passage_only = sum(q.correct for q in baseline.questions) / n
+        accuracy = [r.accuracy for r in runs]
+        passage_only = baseline.accuracy
         passages.append((accuracy, passage_only, sum(a >= passage_only + 1 / n - 1e-9 for a in accuracy)))
     k_max = min(len(accuracy) for accuracy, _, _ in passages)
     rows = []
@@ -67,9 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("run_dir", type=Path, help="a seal test run directory (passages.rank*.jsonl)")
     parser.add_argument("--out", type=Path, help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
-    records = [
-        r for shard in sorted(args.run_dir.glob("passages.rank*.jsonl")) for r in read_typed(shard, PassageRecord)
-    ]
+    records = read_all_typed(PassageRecord.shards(args.run_dir), PassageRecord)
     if not records or any("passage_only" not in r.conditions or "self_edit" not in r.conditions for r in records):
         raise SystemExit(f"{args.run_dir}: needs passages.rank*.jsonl records with passage_only and self_edit runs")
     result = best_of_k(records)

@@ -21,12 +21,12 @@ import statistics
 from pathlib import Path
 
 from seal_pl.knowledge.records import PassageRecord
-from seal_pl.records import read_typed
+from seal_pl.records import read_all_typed
 
 
 def accuracy_by_seed(runs) -> dict[tuple[int, int], float]:
     """(edit index, inner seed) -> accuracy on the passage's questions."""
-    return {(r.edit_index, r.repeat): sum(q.correct for q in r.questions) / len(r.questions) for r in runs}
+    return {(r.edit_index, r.repeat): r.accuracy for r in runs}
 
 
 def agreement(records: list[PassageRecord], batch_size: int) -> dict:
@@ -70,9 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=4, help="the run's inner.batch_size")
     parser.add_argument("--out", type=Path, help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
-    records = [
-        r for shard in sorted(args.run_dir.glob("passages.rank*.jsonl")) for r in read_typed(shard, PassageRecord)
-    ]
+    records = read_all_typed(PassageRecord.shards(args.run_dir), PassageRecord)
     if not records:
         raise SystemExit(f"{args.run_dir}: no passages.rank*.jsonl records")
     result = agreement(records, args.batch_size)

@@ -32,11 +32,11 @@ class OptionError(UserError, ValueError):
     """A config or command-line value that cannot be used; the message names the option."""
 
 
-def check_choice(value: str, option: str, allowed: tuple[str, ...], error: type[OptionError] | None = None) -> None:
-    """Refuse a value outside ``allowed`` with ``error`` (default :class:`OptionError`), naming
+def check_choice(value: str, option: str, allowed: tuple[str, ...], error: type[OptionError] = OptionError) -> None:
+    """Refuse a value outside ``allowed`` with ``error`` (an :class:`OptionError` kind), naming
     ``option`` and what it accepts."""
     if value not in allowed:
-        raise (error or OptionError)(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
+        raise error(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
 
 
 class EmptySelectionError(UserError, ValueError):
