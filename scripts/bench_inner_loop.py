@@ -22,7 +22,10 @@ Paths:
    the default packed sequences (``--compare-dynamic`` adds the largest K with per-row dynamic
    padding instead, ``ours-fp32-k<K>-dynamic``, to show what packing buys).
 
-Each path runs in its own subprocess (clean peak memory). Results: a table on stdout and JSON.
+Each path runs in its own subprocess (clean peak memory). ``--in-process`` runs them one after the
+other in the benchmark's own process instead (no interpreter start per path: a quick look, or the
+test suite; peak memory is then not per path and is reported as null). Results: a table on stdout
+and JSON.
 
     python scripts/bench_inner_loop.py --out bench.json
     python scripts/bench_inner_loop.py --model tiny-random-llama --edits 4 --epochs 1 --ks 1 2   # seconds
@@ -216,23 +219,34 @@ def subprocess_device(device: str) -> str:
     return "cuda:0" if device.startswith("cuda") else device
 
 
-def single(args) -> None:
-    """Run one path in this process and print its JSON result."""
-    args.device = subprocess_device(args.device)
-    edits = load_self_edits(args.edits)
-    if args.path == "reference":
-        result = run_reference(args.model, edits, args.epochs, args.lr, args.pad_to, args.device)
+def run_path(args, path: str, edits: int) -> dict:
+    """Train one path's adapters in this process; its measurements (``peak_rss_mb`` is this
+    process's peak so far: the path's own only in a fresh process)."""
+    device = subprocess_device(args.device)
+    texts = load_self_edits(edits)
+    if path == "reference":
+        result = run_reference(args.model, texts, args.epochs, args.lr, args.pad_to, device)
     else:
-        _, precision, k, *padding = args.path.split("-")
+        _, precision, k, *padding = path.split("-")
         padding = (padding or ["packed"])[0]
-        result = run_ours(args.model, edits, args.epochs, args.lr, int(k[1:]), precision, padding, args.device)
+        result = run_ours(args.model, texts, args.epochs, args.lr, int(k[1:]), precision, padding, device)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if args.device.startswith("cuda"):
+    if device.startswith("cuda"):
         import torch
 
-        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(torch.device(args.device)) / 2**20
-    result["edits"] = len(edits)
-    print("RESULT " + json.dumps(result))
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
+    result["edits"] = len(texts)
+    return result
+
+
+def in_subprocess(args, path: str, edits: int) -> dict:
+    """Run one path in a fresh interpreter that sees only the chosen GPU (clean peak memory)."""
+    command = [sys.executable, __file__, "--path", path, "--model", args.model, "--edits", str(edits)]
+    command += ["--epochs", str(args.epochs), "--lr", str(args.lr), "--pad-to", str(args.pad_to)]
+    command += ["--device", args.device]
+    env = {**os.environ, **one_gpu_env(args.device)}
+    output = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
+    return json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
 
 
 def main() -> None:
@@ -249,9 +263,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine (not yet run on one)")
     parser.add_argument("--out", default="bench_inner_loop.json")
     parser.add_argument("--path", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--in-process", action="store_true", help="run the paths in this process (faster; no per-path peak memory)"
+    )
     args = parser.parse_args()
     if args.path:
-        single(args)
+        print("RESULT " + json.dumps(run_path(args, args.path, args.edits)))
         return
 
     from seal_pl.models.loading import load_model_and_tokenizer
@@ -269,27 +286,11 @@ def main() -> None:
     rows = []
     for path in paths:
         edits = args.reference_edits if path == "reference" else args.edits
-        command = [
-            sys.executable,
-            __file__,
-            "--path",
-            path,
-            "--model",
-            args.model,
-            "--edits",
-            str(edits),
-            "--epochs",
-            str(args.epochs),
-            "--lr",
-            str(args.lr),
-            "--pad-to",
-            str(args.pad_to),
-            "--device",
-            args.device,
-        ]
-        env = {**os.environ, **one_gpu_env(args.device)}
-        output = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
-        result = json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
+        if args.in_process:
+            result = run_path(args, path, edits)
+            result["peak_rss_mb"] = None  # the process's, not the path's
+        else:
+            result = in_subprocess(args, path, edits)
         precision = "bf16" if "bf16" in path else "fp32"
         flops = adapter_training_flops(n_params, result["processed_tokens"]) / result["seconds"]
         row = {
@@ -300,7 +301,7 @@ def main() -> None:
             "train_tokens_per_s": round(result["real_tokens"] / result["seconds"], 1),
             "achieved_gflops": round(flops / 1e9, 1),
             "fraction_of_peak": round(flops / peaks[precision], 3),
-            "peak_rss_mb": round(result["peak_rss_mb"]),
+            "peak_rss_mb": round(result["peak_rss_mb"]) if result["peak_rss_mb"] is not None else None,
             "peak_gpu_mb": round(result["peak_gpu_mb"]) if "peak_gpu_mb" in result else None,
             "mean_loss": round(result["mean_loss"], 4) if "mean_loss" in result else None,
         }
@@ -314,7 +315,7 @@ def main() -> None:
         vs_ref = f"{r['edits_per_hour'] / reference:.1f}x" if reference else "-"
         print(
             f"{r['path']:<24} {r['edits']:>5} {r['edits_per_hour']:>9} {r['train_tokens_per_s']:>8} "
-            f"{r['achieved_gflops']:>8} {100 * r['fraction_of_peak']:>7.1f}% {r['peak_rss_mb']:>7} "
+            f"{r['achieved_gflops']:>8} {100 * r['fraction_of_peak']:>7.1f}% {r['peak_rss_mb'] if r['peak_rss_mb'] is not None else '-':>7} "
             f"{r['edits_per_hour'] / baseline:>5.1f}x {vs_ref:>7} {r['mean_loss'] if r['mean_loss'] is not None else '-':>7}"
         )
     machine = {

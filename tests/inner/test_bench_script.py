@@ -1,7 +1,12 @@
-"""The inner-loop benchmark script runs every path end to end on a tiny model and writes its JSON."""
+"""The inner-loop benchmark script runs every path end to end on a tiny model and writes its JSON.
+
+The full benchmark runs with ``--in-process`` (one interpreter for all five paths); the default
+one-subprocess-per-path runner is covered on one path by its own test.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -18,7 +23,7 @@ def test_bench_inner_loop_runs_every_path(tmp_path):
     command = [
         sys.executable, str(ROOT / "scripts/bench_inner_loop.py"), "--model", "tiny-random-llama", "--edits", "2",
         "--epochs", "1", "--ks", "2", "--reference-edits", "1", "--pad-to", "64", "--compare-dynamic",
-        "--out", str(out),
+        "--in-process", "--out", str(out),
     ]  # fmt: skip
     printed = subprocess.run(command, capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     payload = json.loads(out.read_text())
@@ -28,7 +33,7 @@ def test_bench_inner_loop_runs_every_path(tmp_path):
     for row in payload["rows"]:
         assert row["edits"] == (1 if row["path"] == "reference" else 2)
         assert row["edits_per_hour"] > 0 and row["train_tokens_per_s"] > 0 and 0 < row["fraction_of_peak"]
-        assert row["path"] in printed
+        assert row["path"] in printed and row["peak_rss_mb"] is None  # in one process: not per path
     loss = {row["path"]: row["mean_loss"] for row in payload["rows"]}
     assert loss["reference"] is None  # its loss counts pads: not comparable
     # Same seeds and data: one at a time, batched, packed or padded train the same adapters.
@@ -39,6 +44,16 @@ def test_bench_inner_loop_runs_every_path(tmp_path):
     reference = payload["rows"][0]
     # The reference pads to 64 with loss on pads: it processes more tokens than it trains on.
     assert reference["achieved_gflops"] > 0 and "vs ref" in printed
+
+
+def test_a_path_runs_in_its_own_interpreter(tmp_path, monkeypatch):
+    """The default runner: one fresh interpreter per path, its result read back from the RESULT line."""
+    bench = load_script("bench_inner_loop")
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(model="tiny-random-llama", epochs=1, lr=1e-3, pad_to=64, device="cpu")
+    result = bench.in_subprocess(args, "ours-fp32-k2", 2)
+    assert result["edits"] == 2 and result["seconds"] > 0 and result["processed_tokens"] > 0
+    assert result["peak_rss_mb"] > 0 and result["mean_loss"] > 0
 
 
 def test_a_benchmark_path_sees_only_its_gpu(monkeypatch):
