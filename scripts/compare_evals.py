@@ -6,7 +6,10 @@
 Each side is one or more ``seal test`` run directories of the knowledge module (``predictions.jsonl``);
 several directories on a side (e.g. the same policy evaluated with several sampling seeds) are
 pooled: a question's score is its mean verdict over them. Prints and returns the mean difference
-a - b over the shared questions with its 95% bootstrap interval.
+a - b over the shared questions with its 95% bootstrap interval, and how many questions moved:
+scored higher on a (``a_better``), higher on b (``b_better``), or the same (``same``). A small
+difference with many questions moving both ways says the two sides know different facts, equally
+many; few moving, that they know the same ones.
 """
 
 from __future__ import annotations
@@ -40,12 +43,16 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     a = pooled_scores(args.a, args.condition_a)
     b = pooled_scores(args.b, args.condition_b)
+    shared = sorted(a.keys() & b.keys())
     result = {
         "a": [str(p) for p in args.a],
         "b": [str(p) for p in args.b],
         "mean_a": sum(a.values()) / len(a),
         "mean_b": sum(b.values()) / len(b),
         **paired_difference(a, b, seed=args.seed),
+        "a_better": sum(a[q] > b[q] for q in shared),
+        "b_better": sum(a[q] < b[q] for q in shared),
+        "same": sum(a[q] == b[q] for q in shared),
     }
     print(json.dumps(result, indent=2))
     return result

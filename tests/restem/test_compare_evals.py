@@ -44,8 +44,11 @@ def test_pooled_difference_and_interval(tmp_path):
     result = _script().main(["--a", str(a1), str(a2), "--b", str(b)])
     assert result["mean_a"] == pytest.approx(3 / 8) and result["difference"] == pytest.approx(3 / 8)
     assert result["low"] <= result["difference"] <= result["high"] and result["n"] == 4
+    # pooled a: q0 1.0, q1 0.5, q2 0, q3 0 against b all 0: two questions moved up, none down
+    assert (result["a_better"], result["b_better"], result["same"]) == (2, 0, 2)
     against_passage = _script().main(["--a", str(b), "--b", str(b), "--condition-b", "passage_only"])
     assert against_passage["difference"] == -1.0
+    assert (against_passage["a_better"], against_passage["b_better"], against_passage["same"]) == (0, 4, 0)
 
 
 def test_missing_predictions_is_a_clear_error(tmp_path):
