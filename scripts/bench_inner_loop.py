@@ -24,8 +24,8 @@ Paths:
 
 Each path runs in its own subprocess (clean peak memory). ``--in-process`` runs them one after the
 other in the benchmark's own process instead (no interpreter start per path: a quick look, or the
-test suite; peak memory is then not per path and is reported as null). Results: a table on stdout
-and JSON.
+test suite; peak resident memory is then not per path and is reported as null). Results: a table
+on stdout and JSON.
 
     python scripts/bench_inner_loop.py --out bench.json
     python scripts/bench_inner_loop.py --model tiny-random-llama --edits 4 --epochs 1 --ks 1 2   # seconds
@@ -219,10 +219,13 @@ def subprocess_device(device: str) -> str:
     return "cuda:0" if device.startswith("cuda") else device
 
 
-def run_path(args, path: str, edits: int) -> dict:
-    """Train one path's adapters in this process; its measurements (``peak_rss_mb`` is this
-    process's peak so far: the path's own only in a fresh process)."""
-    device = subprocess_device(args.device)
+def run_path(args, path: str, edits: int, device: str) -> dict:
+    """Train one path's adapters on ``device`` in this process; its measurements (``peak_rss_mb`` is
+    this process's peak so far: the path's own only in a fresh process)."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
     texts = load_self_edits(edits)
     if path == "reference":
         result = run_reference(args.model, texts, args.epochs, args.lr, args.pad_to, device)
@@ -268,7 +271,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.path:
-        print("RESULT " + json.dumps(run_path(args, args.path, args.edits)))
+        print("RESULT " + json.dumps(run_path(args, args.path, args.edits, subprocess_device(args.device))))
         return
 
     from seal_pl.models.loading import load_model_and_tokenizer
@@ -287,7 +290,7 @@ def main() -> None:
     for path in paths:
         edits = args.reference_edits if path == "reference" else args.edits
         if args.in_process:
-            result = run_path(args, path, edits)
+            result = run_path(args, path, edits, args.device)
             result["peak_rss_mb"] = None  # the process's, not the path's
         else:
             result = in_subprocess(args, path, edits)
