@@ -162,6 +162,11 @@ def main(argv: list[str] | None = None) -> Path:
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7)
+    rounds_run = [r for _, d, _ in runs for r in d["round"]]
+    if rounds_run:  # whole rounds on the E-step and time axes, also when only round 0 has run
+        for axis in (left, time_axis):
+            axis.set_xlim(-0.5, max(rounds_run) + 0.5)
+            axis.set_xticks(range(max(rounds_run) + 1))
     fig.tight_layout()
     out = args.out or args.run_dirs[0] / "restem.png"
     fig.savefig(out, dpi=130)
