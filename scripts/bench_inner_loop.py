@@ -222,7 +222,8 @@ def subprocess_device(device: str) -> str:
 def run_path(args, path: str, edits: int, device: str) -> dict:
     """Train one path's adapters on ``device`` in this process; its measurements (``peak_rss_mb`` is
     this process's peak so far: the path's own only in a fresh process)."""
-    if device.startswith("cuda"):
+    on_gpu = device.startswith("cuda")
+    if on_gpu:
         import torch
 
         torch.cuda.reset_peak_memory_stats(torch.device(device))
@@ -234,9 +235,7 @@ def run_path(args, path: str, edits: int, device: str) -> dict:
         padding = (padding or ["packed"])[0]
         result = run_ours(args.model, texts, args.epochs, args.lr, int(k[1:]), precision, padding, device)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if device.startswith("cuda"):
-        import torch
-
+    if on_gpu:
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
     result["edits"] = len(texts)
     return result
