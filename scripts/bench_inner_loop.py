@@ -46,6 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from seal_pl.errors import run_reporting_user_errors
 from seal_pl.inner.flops import adapter_training_flops, peak_matmul_flops, synchronize
 
 
@@ -251,7 +252,7 @@ def in_subprocess(args, path: str, edits: int) -> dict:
     return json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--edits", type=int, default=16, help="self-edits adapted by every path")
@@ -268,7 +269,7 @@ def main() -> None:
     parser.add_argument(
         "--in-process", action="store_true", help="run the paths in this process (faster; no per-path peak memory)"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.path:
         print("RESULT " + json.dumps(run_path(args, args.path, args.edits, subprocess_device(args.device))))
         return
@@ -349,4 +350,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_reporting_user_errors(main, sys.argv[1:])  # a model that does not load: one paragraph, exit 2

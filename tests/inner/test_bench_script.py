@@ -67,3 +67,13 @@ def test_a_benchmark_path_sees_only_its_gpu(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
     assert bench.one_gpu_env("cuda:1") == {"CUDA_VISIBLE_DEVICES": "6"}
     assert bench.subprocess_device("cuda:1") == "cuda:0"
+
+
+def test_a_model_that_does_not_load_is_one_paragraph(capsys):
+    """What ``python scripts/bench_inner_loop.py --model <missing>`` runs: exit 2 and a paragraph, no traceback."""
+    bench = load_script("bench_inner_loop")
+    with pytest.raises(SystemExit) as stop:
+        bench.run_reporting_user_errors(bench.main, ["--model", "no-such-model", "--in-process", "--skip-reference"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("seal: error: Could not load model 'no-such-model'") and "Traceback" not in err
