@@ -2,6 +2,7 @@
 
     python scripts/compare_evals.py --a runs/x/round_1/eval runs/y/round_1/eval --b runs/x/base/eval runs/y/base/eval
     python scripts/compare_evals.py --a runs/x/round_1/eval --b runs/x/round_1/eval --condition-b passage_only
+    python scripts/compare_evals.py --a runs/x/round_1/eval --b runs/x/round_0/eval --permutations 2000
 
 Each side is one or more ``seal test`` run directories of the knowledge module (``predictions.jsonl``);
 several directories on a side (e.g. the same policy evaluated with several sampling seeds) are
@@ -10,6 +11,13 @@ a - b over the shared questions with its 95% bootstrap interval, and how many qu
 scored higher on a (``a_better``), higher on b (``b_better``), or the same (``same``). A small
 difference with many questions moving both ways says the two sides know different facts, equally
 many; few moving, that they know the same ones.
+
+``--permutations N`` adds what resampling alone would do (``null``,
+:func:`seal_pl.stats.exchange_null`): if both sides' self-edits came from one policy, the self-edits
+of a passage could be dealt to either side; dealing them at random N times gives the difference and
+the question moves to expect from sampling noise, and a permutation ``p_value`` for the observed
+difference. Each side needs the same questions of a passage in every self-edit (as ``seal test``
+writes them).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from pathlib import Path
 from seal_pl.knowledge.records import PredictionRecord
 from seal_pl.pipelines.knowledge_restem import question_scores, read_predictions
 from seal_pl.pipelines.restem import paired_difference
+from seal_pl.stats import exchange_null
 
 
 def pooled_scores(run_dirs: list[Path], condition: str) -> dict[tuple[str, str], float]:
@@ -33,13 +42,41 @@ def pooled_scores(run_dirs: list[Path], condition: str) -> dict[tuple[str, str],
     return question_scores(predictions, condition)
 
 
+def sample_groups(
+    a_dirs: list[Path], b_dirs: list[Path], condition_a: str, condition_b: str
+) -> list[tuple[list[list[float]], list[list[float]]]]:
+    """Per passage both sides answered: each side's samples (one per run directory and self-edit), a
+    sample being its verdicts on the passage's shared questions in question order."""
+
+    def samples(run_dirs: list[Path], condition: str) -> dict[str, dict[tuple[int, int], dict[str, float]]]:
+        by_passage: dict[str, dict[tuple[int, int], dict[str, float]]] = {}
+        for index, run_dir in enumerate(run_dirs):
+            for p in read_predictions(run_dir):
+                if p.condition == condition:
+                    sample = by_passage.setdefault(p.passage_id, {}).setdefault((index, p.edit_index), {})
+                    sample[p.question_id] = float(p.correct)
+        return by_passage
+
+    a, b = samples(a_dirs, condition_a), samples(b_dirs, condition_b)
+    groups = []
+    for passage_id in sorted(a.keys() & b.keys()):
+        sides = list(a[passage_id].values()), list(b[passage_id].values())
+        questions = sorted(set.intersection(*(set(s) for side in sides for s in side)))
+        if questions:
+            groups.append(tuple([[s[q] for q in questions] for s in side] for side in sides))
+    return groups
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--a", nargs="+", type=Path, required=True, help="run directories of side a")
     parser.add_argument("--b", nargs="+", type=Path, required=True, help="run directories of side b")
     parser.add_argument("--condition-a", default="self_edit")
     parser.add_argument("--condition-b", default="self_edit")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap (and permutation) seed")
+    parser.add_argument(
+        "--permutations", type=int, default=0, help="also the resampling-only null with this many permutations"
+    )
     args = parser.parse_args(argv)
     a = pooled_scores(args.a, args.condition_a)
     b = pooled_scores(args.b, args.condition_b)
@@ -54,6 +91,12 @@ def main(argv: list[str] | None = None) -> dict:
         "b_better": sum(a[q] < b[q] for q in shared),
         "same": sum(a[q] == b[q] for q in shared),
     }
+    if args.permutations > 0:
+        groups = sample_groups(args.a, args.b, args.condition_a, args.condition_b)
+        null = exchange_null(groups, permutations=args.permutations, seed=args.seed)
+        result["null"] = null["null"]
+        result["p_value"] = null["p_value"]
+        result["permutations"] = null["permutations"]
     print(json.dumps(result, indent=2))
     return result
 

@@ -15,13 +15,13 @@ def _script():
     return load_script("compare_evals")
 
 
-def _eval_dir(path: Path, verdicts: dict[str, list[bool]]) -> Path:
-    path.mkdir(parents=True)
+def _eval_dir(path: Path, verdicts: dict[str, list[bool]], edit_index: int = 0, passage_id: str = "p") -> Path:
+    path.mkdir(parents=True, exist_ok=True)
     rows = [
         PredictionRecord(
-            passage_id="p",
+            passage_id=passage_id,
             condition=condition,
-            edit_index=0,
+            edit_index=edit_index,
             question_id=f"q{i}",
             question="?",
             gold=["a"],
@@ -54,3 +54,15 @@ def test_pooled_difference_and_interval(tmp_path):
 def test_missing_predictions_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="predictions.jsonl"):
         _script().main(["--a", str(tmp_path), "--b", str(tmp_path)])
+
+
+def test_permutations_add_the_resampling_null(tmp_path):
+    a = _eval_dir(tmp_path / "a", {"self_edit": [True, True, False]})
+    b = _eval_dir(tmp_path / "b", {"self_edit": [False, False, False]})
+    groups = _script().sample_groups([a], [b], "self_edit", "self_edit")
+    assert groups == [([[1.0, 1.0, 0.0]], [[0.0, 0.0, 0.0]])]
+    result = _script().main(["--a", str(a), "--b", str(b), "--permutations", "200"])
+    # one self-edit a side: dealt at random, half the time the good one lands on b
+    assert result["permutations"] == 200 and 0.0 < result["p_value"] <= 1.0
+    assert result["null"]["a_better"]["high"] == 2 and result["null"]["b_better"]["high"] == 2
+    assert "null" not in _script().main(["--a", str(a), "--b", str(b)])
