@@ -32,32 +32,39 @@ from seal_pl.pipelines.restem import paired_difference
 from seal_pl.stats import exchange_null
 
 
-def pooled_scores(run_dirs: list[Path], condition: str) -> dict[tuple[str, str], float]:
-    """Per question: the mean of ``condition``'s verdicts over every run directory."""
+def side_predictions(run_dirs: list[Path]) -> list[list[PredictionRecord]]:
+    """Each run directory's merged predictions (read once; both the bootstrap and the null use them)."""
     predictions = []
     for run_dir in run_dirs:
         if not PredictionRecord.merged(run_dir).is_file():
             raise SystemExit(f"{run_dir}: no predictions.jsonl (is it a finished knowledge `seal test` run?)")
-        predictions += read_predictions(run_dir)
-    return question_scores(predictions, condition)
+        predictions.append(read_predictions(run_dir))
+    return predictions
+
+
+def pooled_scores(side: list[list[PredictionRecord]], condition: str) -> dict[tuple[str, str], float]:
+    """Per question: the mean of ``condition``'s verdicts over every run directory of a side."""
+    return question_scores((p for run in side for p in run), condition)
 
 
 def sample_groups(
-    a_dirs: list[Path], b_dirs: list[Path], condition_a: str, condition_b: str
+    a_side: list[list[PredictionRecord]], b_side: list[list[PredictionRecord]], condition_a: str, condition_b: str
 ) -> list[tuple[list[list[float]], list[list[float]]]]:
     """Per passage both sides answered: each side's samples (one per run directory and self-edit), a
     sample being its verdicts on the passage's shared questions in question order."""
 
-    def samples(run_dirs: list[Path], condition: str) -> dict[str, dict[tuple[int, int], dict[str, float]]]:
+    def samples(
+        side: list[list[PredictionRecord]], condition: str
+    ) -> dict[str, dict[tuple[int, int], dict[str, float]]]:
         by_passage: dict[str, dict[tuple[int, int], dict[str, float]]] = {}
-        for index, run_dir in enumerate(run_dirs):
-            for p in read_predictions(run_dir):
+        for index, run in enumerate(side):
+            for p in run:
                 if p.condition == condition:
                     sample = by_passage.setdefault(p.passage_id, {}).setdefault((index, p.edit_index), {})
                     sample[p.question_id] = float(p.correct)
         return by_passage
 
-    a, b = samples(a_dirs, condition_a), samples(b_dirs, condition_b)
+    a, b = samples(a_side, condition_a), samples(b_side, condition_b)
     groups = []
     for passage_id in sorted(a.keys() & b.keys()):
         sides = list(a[passage_id].values()), list(b[passage_id].values())
@@ -78,8 +85,11 @@ def main(argv: list[str] | None = None) -> dict:
         "--permutations", type=int, default=0, help="also the resampling-only null with this many permutations"
     )
     args = parser.parse_args(argv)
-    a = pooled_scores(args.a, args.condition_a)
-    b = pooled_scores(args.b, args.condition_b)
+    if args.permutations < 0:
+        parser.error(f"--permutations must be >= 0 (0: no null), got {args.permutations}")
+    a_side, b_side = side_predictions(args.a), side_predictions(args.b)
+    a = pooled_scores(a_side, args.condition_a)
+    b = pooled_scores(b_side, args.condition_b)
     shared = sorted(a.keys() & b.keys())
     result = {
         "a": [str(p) for p in args.a],
@@ -92,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
         "same": sum(a[q] == b[q] for q in shared),
     }
     if args.permutations > 0:
-        groups = sample_groups(args.a, args.b, args.condition_a, args.condition_b)
+        groups = sample_groups(a_side, b_side, args.condition_a, args.condition_b)
         null = exchange_null(groups, permutations=args.permutations, seed=args.seed)
         result["null"] = null["null"]
         result["p_value"] = null["p_value"]

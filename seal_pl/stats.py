@@ -13,6 +13,14 @@ import random
 from collections.abc import Sequence
 
 
+def _percentiles(values: list[float], confidence: float) -> tuple[float, float]:
+    """The central ``confidence`` range of ``values``: its lower and upper percentile."""
+    ordered = sorted(values)
+    tail = (1.0 - confidence) / 2.0
+    last = len(ordered) - 1
+    return ordered[min(last, int(tail * len(ordered)))], ordered[min(last, int((1.0 - tail) * len(ordered)))]
+
+
 def paired_bootstrap(
     a: Sequence[float], b: Sequence[float], *, resamples: int = 10_000, confidence: float = 0.95, seed: int = 0
 ) -> dict[str, float | int]:
@@ -37,10 +45,7 @@ def paired_bootstrap(
     diffs = [float(x) - float(y) for x, y in zip(a, b)]
     n = len(diffs)
     rng = random.Random(seed)
-    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
-    tail = (1.0 - confidence) / 2.0
-    low = means[min(resamples - 1, int(tail * resamples))]
-    high = means[min(resamples - 1, int((1.0 - tail) * resamples))]
+    low, high = _percentiles([sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples)], confidence)
     return {
         "difference": sum(diffs) / n,
         "low": low,
@@ -49,13 +54,6 @@ def paired_bootstrap(
         "resamples": resamples,
         "confidence": confidence,
     }
-
-
-def _percentiles(values: list[float], confidence: float) -> tuple[float, float]:
-    ordered = sorted(values)
-    tail = (1.0 - confidence) / 2.0
-    last = len(ordered) - 1
-    return ordered[min(last, int(tail * len(ordered)))], ordered[min(last, int((1.0 - tail) * len(ordered)))]
 
 
 def _side_scores(groups, split) -> tuple[list[float], list[float]]:
@@ -92,6 +90,8 @@ def exchange_null(
     """
     if not groups:
         raise ValueError("exchange_null needs at least one group")
+    if permutations < 1:
+        raise ValueError(f"permutations must be >= 1, got {permutations}")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     pooled, split = [], []

@@ -59,10 +59,18 @@ def test_missing_predictions_is_a_clear_error(tmp_path):
 def test_permutations_add_the_resampling_null(tmp_path):
     a = _eval_dir(tmp_path / "a", {"self_edit": [True, True, False]})
     b = _eval_dir(tmp_path / "b", {"self_edit": [False, False, False]})
-    groups = _script().sample_groups([a], [b], "self_edit", "self_edit")
+    script = _script()
+    groups = script.sample_groups(script.side_predictions([a]), script.side_predictions([b]), "self_edit", "self_edit")
     assert groups == [([[1.0, 1.0, 0.0]], [[0.0, 0.0, 0.0]])]
     result = _script().main(["--a", str(a), "--b", str(b), "--permutations", "200"])
     # one self-edit a side: dealt at random, half the time the good one lands on b
     assert result["permutations"] == 200 and 0.0 < result["p_value"] <= 1.0
     assert result["null"]["a_better"]["high"] == 2 and result["null"]["b_better"]["high"] == 2
     assert "null" not in _script().main(["--a", str(a), "--b", str(b)])
+
+
+def test_negative_permutations_is_a_usage_error(tmp_path, capsys):
+    a = _eval_dir(tmp_path / "a", {"self_edit": [True]})
+    with pytest.raises(SystemExit):
+        _script().main(["--a", str(a), "--b", str(a), "--permutations", "-1"])
+    assert "--permutations must be >= 0" in capsys.readouterr().err

@@ -43,5 +43,7 @@ def test_bad_groups_are_refused():
         exchange_null([([[1]], [])])
     with pytest.raises(ValueError, match="same, non-empty questions"):
         exchange_null([([[1, 0]], [[1]])])
+    with pytest.raises(ValueError, match="permutations"):
+        exchange_null([([[1]], [[0]])], permutations=0)
     with pytest.raises(ValueError, match="confidence"):
         exchange_null([([[1]], [[0]])], confidence=1.0)
