@@ -50,6 +50,11 @@ class HFGenerator(GeneratorBackend):
         with seeded(params.seed):
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start : start + self.batch_size]
+                if adapter_slots is not None and not do_sample:
+                    # Rows of one adapter side by side: the bank then adds each adapter's update to a
+                    # run of rows instead of gathering and scattering them (same width, same answers;
+                    # sampled rows keep their order, so their random draws do not move).
+                    chunk = sorted(chunk, key=lambda i: adapter_slots[i])
                 width = max(len(encoded[i]) for i in chunk)
                 ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
                 mask = torch.zeros_like(ids)

@@ -52,8 +52,9 @@ def forward_and_grads(model, bank, ids, routing):
     [
         torch.tensor([0, 2, -1, 0]),  # one slot per row, one row without adapter
         torch.tensor([[0] * 5 + [1] * 4 + [-1] * 3] * 2 + [[2] * 12] * 2),  # one slot per token (packed)
+        torch.tensor([0, 1, 1, 2]),  # every row routed, slots in runs: no gather or scatter
     ],
-    ids=["per_row", "per_token"],
+    ids=["per_row", "per_token", "contiguous"],
 )
 def test_batched_kernel_matches_grouped_kernel(tiny_checkpoint, routing):
     (model_g, tok, bank_g), (model_b, _, bank_b) = banks(tiny_checkpoint)
@@ -65,6 +66,22 @@ def test_batched_kernel_matches_grouped_kernel(tiny_checkpoint, routing):
     for grad_b, grad_g in zip(grads_b, grads_g):
         torch.testing.assert_close(grad_b, grad_g, rtol=1e-4, atol=1e-6)
     assert any(float(g.abs().sum()) > 0 for g in grads_b)
+
+
+@pytest.mark.parametrize(
+    ("routing", "contiguous"),
+    [([0, 1, 1, 2], True), ([1, 0, 0, 2], False), ([0, 0, -1, 1], False), ([[0, 0, 1], [1, 2, 2]], True)],
+)
+def test_grouped_routing_gathers_only_when_slots_are_not_runs(tiny_checkpoint, routing, contiguous):
+    """The grouped kernel's routed rows: grouped by slot in ``order``, one count per slot, and flagged
+    contiguous (no gather or scatter) only when every row is routed and each slot's rows are a run."""
+    (_, _, bank), _ = banks(tiny_checkpoint)
+    flat = torch.tensor(routing).flatten()
+    with bank.route(routing):
+        state = bank.routing
+        assert state.contiguous is contiguous
+        assert state.groups == [(slot, int((flat == slot).sum())) for slot in sorted(set(flat.tolist())) if slot >= 0]
+        assert [int(flat[i]) for i in state.order] == sorted(int(s) for s in flat if s >= 0)
 
 
 @pytest.mark.parametrize("padding", ["packed", "dynamic"])  # per-token and per-row routing
@@ -88,3 +105,20 @@ def test_auto_kernel_is_batched_on_cuda_only(tiny_model):
     assert not bank.batched_on(torch.device("cpu")) and bank.batched_on(torch.device("cuda", 0))
     with pytest.raises(ValueError, match="LoRA kernel must be one of auto, grouped, batched"):
         LoRASpec(kernel="fast")
+
+
+def test_greedy_generation_with_interleaved_slots_matches_one_prompt_at_a_time(tiny_checkpoint):
+    """The generator puts one adapter's rows side by side (the bank then adds updates to runs of
+    rows, in place); every answer still comes back in its prompt's place, as generated alone."""
+    from seal_pl.generation.base import SamplingParams
+    from seal_pl.generation.hf import HFGenerator
+
+    (model, tokenizer, bank), _ = banks(tiny_checkpoint)
+    generator = HFGenerator(batch_size=4).bind(model, tokenizer, bank)
+    prompts = ["Orvel Pass", "The Greeve box", "Alder Stow", "Orvel Pass", "Kestle Mill", "The Greeve box"]
+    slots = [2, 0, 1, 0, 2, -1]
+    params = SamplingParams(max_new_tokens=6, temperature=0.0)
+    together = generator.generate(prompts, params, adapter_slots=slots)
+    alone = [generator.generate([p], params, adapter_slots=[s])[0] for p, s in zip(prompts, slots)]
+    assert together == alone
+    assert len(set(together)) > 1  # the adapters differ, so slot mix-ups would show
