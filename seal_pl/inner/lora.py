@@ -390,9 +390,10 @@ class _RouteContext:
                     routing.slot_mask = one_hot if routing.per_token else one_hot.unsqueeze(1)
                 else:
                     flat = tensor.flatten()
-                    rows = [torch.nonzero(flat == slot).flatten() for slot in distinct if slot >= 0]
+                    used = [int(slot) for slot in distinct if slot >= 0]
+                    rows = [torch.nonzero(flat == slot).flatten() for slot in used]
                     order = torch.cat(rows)
-                    routing.groups = [(int(slot), len(r)) for slot, r in zip((s for s in distinct if s >= 0), rows)]
+                    routing.groups = [(slot, len(r)) for slot, r in zip(used, rows)]
                     routing.contiguous = len(order) == len(flat) and bool((order == torch.arange(len(flat))).all())
                     routing.order = order.to(device)
         return self.bank
