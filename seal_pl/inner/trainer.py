@@ -43,6 +43,7 @@ from seal_pl.inner.sequences import (
 from seal_pl.models.heads import decoder_and_head
 from seal_pl.models.loading import Precision
 from seal_pl.models.rng import seeded
+from seal_pl.models.split import lower_states, split_matches, splittable, upper_forward
 
 Schedule = Literal["linear", "cosine", "constant"]
 LossOn = Literal["all", "completion"]
@@ -122,6 +123,10 @@ class InnerLoopConfig:
             (less memory for long sequences or many slots, about a third more compute; same
             gradients). The backward pass runs under the adapter routing, so the recomputation
             sees the adapters.
+        reuse_frozen_blocks: with ``packed`` padding and adapters only on the upper blocks
+            (``lora.layers``), run the blocks below the lowest adapter once per adaptation and start
+            every step from their cached outputs, instead of running the whole decoder every step
+            (same losses up to float rounding; checked on the model once, else the whole decoder runs).
     """
 
     lr: PositiveFloat = 3e-4
@@ -146,6 +151,7 @@ class InnerLoopConfig:
     max_batch_tokens: PositiveInt = 4096
     loss_chunk_tokens: NonNegativeInt = 8192
     gradient_checkpointing: bool = False
+    reuse_frozen_blocks: bool = True
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
@@ -255,6 +261,27 @@ def scheduled_adamw(
     return optimizer, scheduler
 
 
+@dataclass
+class FrozenPrefix:
+    """Block ``start``'s input for each (job, sequence) of one adaptation: ``states[j][r]`` [len, hidden]."""
+
+    start: int
+    states: list[list[torch.Tensor]]
+
+    def rows(self, bins: list[list[tuple[int, int]]], width: int) -> torch.Tensor:
+        """The packed rows [len(bins), width, hidden] of the (job, sequence) members in ``bins``; the
+        padding tail is zeros (it forms a block of its own and carries no target)."""
+        first = self.states[bins[0][0][0]][bins[0][0][1]]
+        out = first.new_zeros(len(bins), width, first.shape[-1])
+        for b, members in enumerate(bins):
+            offset = 0
+            for j, r in members:
+                state = self.states[j][r]
+                out[b, offset : offset + len(state)] = state
+                offset += len(state)
+        return out
+
+
 class InnerLoopTrainer:
     """Trains adapter slots of an :class:`AdapterBank` on self-edit sequences.
 
@@ -277,6 +304,8 @@ class InnerLoopTrainer:
         self.bank = bank
         self.config = config or InnerLoopConfig()
         self._packing_checked = False  # set by the first packed step's probe
+        self._split_checked: dict[int, bool] = {}  # lowest adapted block -> the split probe passed
+        self._prefix: FrozenPrefix | None = None  # the current adaptation's cached lower-block states
 
     def tokenize(self, job: AdaptJob) -> list[TokenizedSequence]:
         c = self.config
@@ -321,6 +350,8 @@ class InnerLoopTrainer:
             return results
 
         device = next(iter(self.bank.layers.values())).base.weight.device
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=c.precision == "bf16")
+        self._prefix = self._frozen_prefix(tokenized, device, autocast)
         groups = []
         lambdas = []
         for job, slot, plan in zip(jobs, slots, plans):
@@ -332,7 +363,6 @@ class InnerLoopTrainer:
         # The fused kernel (CPU and CUDA) does one pass over all slots' tensors: same update, ~2x less time.
         optimizer = torch.optim.AdamW(groups, fused=device.type in ("cpu", "cuda"))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=c.precision == "bf16")
         was_training = self.model.training
         self.model.train()
         checkpointing = c.gradient_checkpointing and hasattr(self.model, "gradient_checkpointing_enable")
@@ -354,6 +384,7 @@ class InnerLoopTrainer:
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
         finally:
+            self._prefix = None
             if checkpointing:
                 self.model.gradient_checkpointing_disable()
             self.bank.train_mode(False)
@@ -455,6 +486,8 @@ class InnerLoopTrainer:
         first_owner = torch.tensor([members[b[0]][0] for b in bins]).unsqueeze(1).expand_as(segment)
         batch["owner"] = torch.where(segment >= 0, segment_owner[segment.clamp(min=0)], first_owner)
         batch["attention_mask"] = (segment >= 0).long()  # real tokens (not given to the model)
+        if self._prefix is not None:
+            batch["inputs_embeds"] = self._prefix.rows([[members[i] for i in b] for b in bins], segment.shape[1])
         return batch
 
     def _forward_backward(self, batch, slots, denominators, step_loss, results, device, autocast) -> None:
@@ -501,18 +534,28 @@ class InnerLoopTrainer:
         once are [loss_chunk_tokens, vocab] however many tokens a batch has.
         """
         decoder, head = decoder_and_head(self.model)
+        if "inputs_embeds" in batch:  # packed rows whose lower blocks ran once (see _frozen_prefix)
+            output = upper_forward(decoder, self._prefix.start, batch["inputs_embeds"], batch["position_ids"])
+            return self._head_losses(output.last_hidden_state, head, targets, keep)
         if packed:
             # No attention mask: the restarting position ids tell the mask builder where blocks end.
             inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
         else:
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        if decoder is None:  # no separate head: the model's own logits
+            losses = torch.zeros(targets.numel(), dtype=torch.float32, device=targets.device)
+            logits = self.model(**inputs, use_cache=False).logits.flatten(0, 1).index_select(0, keep)
+            losses[keep] = F.cross_entropy(logits.float(), targets.flatten().index_select(0, keep), reduction="none")
+            return losses.view(targets.shape)
+        return self._head_losses(decoder(**inputs, use_cache=False).last_hidden_state, head, targets, keep)
+
+    def _head_losses(
+        self, last_hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, keep: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-token cross-entropy [batch, seq] of the head on ``last_hidden`` at the flat positions ``keep``."""
         losses = torch.zeros(targets.numel(), dtype=torch.float32, device=targets.device)
         wanted = targets.flatten().index_select(0, keep)  # [n_label_tokens]
-        if decoder is None:  # no separate head: the model's own logits
-            logits = self.model(**inputs, use_cache=False).logits.flatten(0, 1).index_select(0, keep)
-            losses[keep] = F.cross_entropy(logits.float(), wanted, reduction="none")
-            return losses.view(targets.shape)
-        hidden = decoder(**inputs, use_cache=False).last_hidden_state.flatten(0, 1).index_select(0, keep)
+        hidden = last_hidden.flatten(0, 1).index_select(0, keep)
         chunk = self.config.loss_chunk_tokens
         if chunk == 0 or len(keep) <= chunk:
             losses[keep] = _head_cross_entropy(head, hidden, wanted)
@@ -529,6 +572,56 @@ class InnerLoopTrainer:
         ]
         losses[keep] = torch.cat(parts)
         return losses.view(targets.shape)
+
+    def _frozen_prefix(self, tokenized, device, autocast) -> FrozenPrefix | None:
+        """The lower blocks' outputs for every sequence of this adaptation, when they can be reused.
+
+        Only for ``packed`` padding (padded rows would need the pad tokens' states too), a decoder
+        the split can run, and adapters all at or above some block ``start > 0``. Identical token
+        sequences (every self-edit of a passage also trains on the passage) are run once.
+        """
+        c = self.config
+        decoder, _ = decoder_and_head(self.model)
+        if not (c.reuse_frozen_blocks and c.padding == "packed" and splittable(decoder)):
+            return None
+        adapted = {id(layer) for layer in self.bank.layers.values()}
+        inside = [sum(id(m) in adapted for m in block.modules()) for block in decoder.layers]
+        start = next((i for i, n in enumerate(inside) if n), 0)
+        if start == 0 or sum(inside) != len(adapted):
+            return None
+        lower = [m for block in decoder.layers[:start] for m in block.modules()]
+        if getattr(self.model.config, "attention_dropout", 0) or any(
+            isinstance(m, torch.nn.Dropout) and m.p > 0 for m in lower
+        ):
+            return None  # cached states would freeze the lower blocks' dropout
+        if start not in self._split_checked:
+            with self.bank.route(None):
+                self._split_checked[start] = split_matches(decoder, start, device)
+        if not self._split_checked[start]:
+            return None
+        unique: dict[tuple[int, ...], int] = {}
+        for rows in tokenized:
+            for row in rows:
+                unique.setdefault(tuple(row.input_ids), len(unique))
+        sequences = [TokenizedSequence(input_ids=list(ids), labels=list(ids)) for ids in unique]
+        lengths = [len(s.input_ids) for s in sequences]
+        states: list[torch.Tensor | None] = [None] * len(sequences)
+        bins = balanced_bins(lengths, c.pack_length)
+        widths = [sum(lengths[i] for i in b) for b in bins]
+        order = sorted(range(len(bins)), key=lambda b: -widths[b])
+        with self.bank.route(None), autocast:
+            for chunk in _chunks(order, widths, c.max_batch_tokens):
+                batch = collate_packed([[sequences[i] for i in bins[b]] for b in chunk], self.tokenizer.pad_token_id)
+                hidden = lower_states(
+                    decoder, start, batch["input_ids"].to(device), batch["position_ids"].to(device)
+                )  # [rows, width, hidden]
+                for row, b in enumerate(chunk):
+                    offset = 0
+                    for i in bins[b]:
+                        states[i] = hidden[row, offset : offset + lengths[i]]
+                        offset += lengths[i]
+        by_member = [[states[unique[tuple(row.input_ids)]] for row in rows] for rows in tokenized]
+        return FrozenPrefix(start=start, states=by_member)
 
     def _check_packing(self) -> None:
         """Once per trainer: verify that this model keeps packed sequences apart (its mask builder
